@@ -1,0 +1,3 @@
+from reversib.cli import run
+
+run()

@@ -1,0 +1,327 @@
+"""The `reversib` command: parse arguments, call the library, print, exit with a documented code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from reversib import __version__
+from reversib.model import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_PASSED,
+    EXIT_USAGE,
+    Outcome,
+    RunResult,
+    combine_outcomes,
+    report_document,
+)
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0   passed: every check verified, no error-severity finding
+  1   failed: at least one error-severity finding (missing, corrupt, stale...)
+  2   could not verify: source unreachable, manifest malformed, run interrupted
+  3   deferred: the export is still being delivered
+  64  usage error (bad arguments)
+  78  configuration error (invalid config/ or checks/ file)
+with several checks, the code is that of the highest-priority outcome: failed, error, deferred, passed.
+"""
+
+log = logging.getLogger("reversib")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="daemon configuration (default: $REVERSIB_CONFIG, else ./config/reversib.yaml)")
+    common.add_argument("--history", metavar="URL",
+                        help="history database URL without password (default: from the config; "
+                             "$REVERSIB_HISTORY_URL may hold one with a password)")
+    common.add_argument("-v", "--verbose", action="store_true", help="show info findings and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+
+    parser = _Parser(prog="reversib", description="Verify a provider's data exports against their manifests.",
+                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"reversib {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("verify-now", parents=[common], help="run checks now and print the verdict",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checks", nargs="*", metavar="CHECK", help="check ids or names from checks/")
+    p.add_argument("--all", action="store_true", help="run every configured check")
+    p.add_argument("--source", metavar="URL", help="ad-hoc check: the export (path or URL)")
+    p.add_argument("--manifest", metavar="LOCATION",
+                   help="ad-hoc check: the manifest (default: found at the export root; a bag's root for BagIt)")
+    p.add_argument("--manifest-format", metavar="FORMAT", default="auto", help="manifest format (default: auto)")
+    p.add_argument("--parallelism", type=int, metavar="N", help="files verified at once (ad-hoc checks)")
+    p.add_argument("--json", action="store_true", help="print one JSON document (schemas/report.schema.json)")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    p = sub.add_parser("check-config", parents=[common], help="validate config/ and checks/ (exit 0 or 78)")
+    p.add_argument("--connect", action="store_true", help="also open each source and manifest")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("checks", parents=[common], help="list configured checks with their last outcome")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("history", parents=[common], help="show the recorded runs of one check")
+    p.add_argument("check", metavar="CHECK", help="check id or name (ad-hoc checks: the id printed by --json)")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="newest N runs (default 20)")
+    p.add_argument("--run", metavar="RUN_ID", help="show one run with its findings")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("manifest", help="manifest tools")
+    msub = p.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    c = msub.add_parser("create", parents=[common], help="write a manifest for a folder")
+    c.add_argument("path", metavar="PATH", help="the folder (the export root)")
+    c.add_argument("--format", required=True, choices=["sha256sum", "bagit", "json"], help="manifest format")
+    c.add_argument("--output", metavar="FILE", help="where to write it (default: inside PATH)")
+    c.add_argument("--algorithm", action="append", metavar="ALG",
+                   help="digest algorithm (repeatable; default sha256)")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace, fmt: str = "text") -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    from reversib.logs import configure
+
+    configure(level, fmt)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from reversib.config import discover_config, load_settings
+
+    return load_settings(discover_config(args.config))
+
+
+def _history(args: argparse.Namespace, settings: Any) -> Any:
+    from reversib.history import History
+
+    history = History.open(settings.history_url(args.history))
+    reaped = history.reap_dead_runs()
+    for run_id in reaped:
+        log.warning("run %s was left running by a process that ended: recorded as interrupted", run_id)
+    return history
+
+
+def cmd_verify_now(args: argparse.Namespace) -> int:
+    from reversib.config import adhoc_check
+    from reversib.output import TerminalProgress, render_result, render_summary
+    from reversib.runner import run_check
+    from reversib.sources.base import CancelToken
+
+    settings = _settings(args)
+    if args.source:
+        if args.checks or args.all:
+            raise UsageError("--source cannot be combined with check names or --all")
+        checks = [adhoc_check(args.source, args.manifest, args.manifest_format, parallelism=args.parallelism)]
+    else:
+        if args.manifest or args.manifest_format != "auto":
+            raise UsageError("--manifest and --manifest-format need --source")
+        if args.all:
+            checks = list(settings.checks)
+            if not checks:
+                raise UsageError(f"no checks configured (config: {settings.path or 'none found'})")
+        elif args.checks:
+            checks = []
+            for name in args.checks:
+                found = settings.find(name)
+                if found is None:
+                    known = ", ".join(c.check_id for c in settings.checks) or "none"
+                    raise UsageError(f"unknown check {name!r} (configured: {known})")
+                checks.append(found)
+        else:
+            raise UsageError("name one or more checks, or use --all, or --source URL for an ad-hoc check")
+    history = _history(args, settings)
+    cancel = CancelToken()
+
+    def on_term(signum: int, frame: object) -> None:
+        cancel.cancel(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    results: list[RunResult] = []
+    show_progress = not args.no_progress and not args.quiet and TerminalProgress.wanted()
+    try:
+        for check in checks:
+            progress = TerminalProgress() if show_progress else None
+            result = run_check(check, history, cancel=cancel, progress=progress)
+            results.append(result)
+            if not args.json:
+                render_result(result, sys.stdout, verbose=args.verbose)
+                sys.stdout.flush()
+            if cancel.cancelled:
+                break
+    except KeyboardInterrupt:
+        log.error("interrupted: the run is recorded as interrupted")
+        return EXIT_ERROR
+    finally:
+        history.close()
+    if args.json:
+        json.dump(report_document(results), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        render_summary(results, sys.stdout)
+    if cancel.cancelled:
+        return EXIT_ERROR
+    return combine_outcomes([r.outcome for r in results]).exit_code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    problems: list[str] = []
+    if args.connect:
+        from reversib.preflight import connect_all
+
+        problems = connect_all(settings)
+    doc = {"config": str(settings.path) if settings.path else None, "checks": [c.check_id for c in settings.checks],
+           "errors": problems}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"configuration OK: {settings.path or '(built-in defaults)'}, {len(settings.checks)} checks")
+        for c in settings.checks:
+            print(f"  {c.check_id}: {settings.check_files[c.check_id]}")
+        for p in problems:
+            print(f"  cannot connect: {p}")
+    return EXIT_ERROR if problems else EXIT_PASSED
+
+
+def cmd_checks(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    history = _history(args, settings)
+    try:
+        latest = {row.check_id: row for row in history.latest_runs()}
+    finally:
+        history.close()
+    rows = []
+    for c in settings.checks:
+        row = latest.get(c.check_id)
+        rows.append({"check": c.check_id, "name": c.name, "labels": c.labels,
+                     "schedule": c.schedule.model_dump(exclude_none=True) if c.schedule else None,
+                     "last_run": row.to_dict() if row is not None else None})
+    if args.json:
+        print(json.dumps({"schema": 1, "checks": rows}, indent=2, ensure_ascii=False))
+        return EXIT_PASSED
+    if not rows:
+        print(f"no checks configured (config: {settings.path or 'none found'})")
+    for r in rows:
+        last = r["last_run"]
+        state = "never run" if last is None else (
+            f"{last['outcome'] or last['state']} at {last['finished_at'] or last['started_at']}")
+        print(f"{r['check']:<30} {state}")
+    return EXIT_PASSED
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from reversib.output import printable
+
+    settings = _settings(args)
+    found = settings.find(args.check)
+    check_id = found.check_id if found else args.check
+    history = _history(args, settings)
+    try:
+        if args.run:
+            run = history.get_run(args.run)
+            if run is None:
+                raise UsageError(f"no run {args.run!r}")
+            findings = [f.to_dict() for f in history.findings(args.run)]
+            if args.json:
+                print(json.dumps({"schema": 1, "run": run.to_dict(), "findings": findings}, indent=2,
+                                 ensure_ascii=False))
+            else:
+                d = run.to_dict()
+                for k in ("id", "check_id", "state", "outcome", "trigger", "started_at", "finished_at",
+                          "files_verified", "bytes_verified", "generation", "error"):
+                    print(f"{k:<16} {d.get(k)}")
+                for f in findings:
+                    print(f"  {f['severity']:<7} {f['kind']:<18} {printable(f['path'])}  "
+                          f"expected {printable(f['expected'])}, actual {printable(f['actual'])}")
+            return EXIT_PASSED
+        runs = history.runs(check_id, limit=args.limit)
+    finally:
+        history.close()
+    if not runs and found is None:
+        raise UsageError(f"unknown check {args.check!r} and no runs recorded under that id")
+    if args.json:
+        print(json.dumps({"schema": 1, "check": check_id, "runs": [r.to_dict() for r in runs]}, indent=2,
+                         ensure_ascii=False))
+        return EXIT_PASSED
+    for r in runs:
+        d = r.to_dict()
+        print(f"{d['started_at']}  {(d['outcome'] or d['state']):<9} {d['trigger']:<8} "
+              f"files {d['files_verified']:<7} findings {sum((d['counts'] or {}).values()):<5} {d['id']}")
+    return EXIT_PASSED
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    if args.manifest_command != "create":
+        raise UsageError("usage: reversib manifest create PATH --format sha256sum|bagit|json")
+    from reversib.manifests.create import create_manifest
+
+    root = Path(args.path)
+    if not root.is_dir():
+        raise UsageError(f"not a folder: {root}")
+    out = create_manifest(root, args.format, Path(args.output) if args.output else None,
+                          tuple(args.algorithm or ["sha256"]))
+    print(out)
+    return EXIT_PASSED
+
+
+COMMANDS = {"verify-now": cmd_verify_now, "check-config": cmd_check_config, "checks": cmd_checks,
+            "history": cmd_history, "manifest": cmd_manifest}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if not hasattr(args, "verbose"):
+        args.verbose = args.quiet = False
+        args.config = args.history = None
+    _setup_logging(args)
+    from reversib.config import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"reversib: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print("reversib: configuration error:", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:
+        from reversib.history import HistoryError
+
+        if isinstance(exc, HistoryError):
+            print(f"reversib: history database: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+def run() -> None:  # console-script entry point
+    sys.exit(main())
+
+
+__all__ = ["EXIT_FAILED", "Outcome", "build_parser", "main"]

@@ -1,0 +1,430 @@
+"""Load and validate the daemon configuration (`config/reversib.yaml`) and the checks (`checks/*.yaml`).
+
+Every error of every file is collected and reported at once, each with its file and key.
+Relative paths in a file are resolved against that file's folder.  Secrets are never written
+in these files: a secret `X` is given as `X_file` (a path to read) or `X_env` (the name of an
+environment variable), and its value never appears in messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reversib.manifests import FORMATS
+from reversib.model import Tier
+from reversib.units import parse_duration, parse_size
+
+CONFIG_VERSION = 1
+ENV_CONFIG = "REVERSIB_CONFIG"
+ENV_HISTORY_URL = "REVERSIB_HISTORY_URL"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` lists every problem found ("file: key: message")."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_tz(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris or UTC)") from exc
+    return value
+
+
+class SourceConfig(Strict):
+    url: str = Field(description="where the export lives: a path, file://, later s3:// or sftp://")
+    rate_limit: Size | None = Field(None, description="maximum bytes per second read from this source")
+
+
+class GenerationConfig(Strict):
+    pattern: str = Field(description="strftime template (%Y-%m-%d) or glob (export-*) naming dated folders")
+    keep: int = Field(1, ge=1, description="the last N generations must all be present")
+
+    @property
+    def is_date(self) -> bool:
+        return "%" in self.pattern
+
+
+class ManifestConfig(Strict):
+    path: str | None = Field(None, description="manifest inside the export (relative to the export root)")
+    location: str | None = Field(None, description="manifest outside the export (path relative to the check file)")
+    format: str = Field("auto", description="one of " + ", ".join(FORMATS))
+
+    @field_validator("format")
+    @classmethod
+    def _fmt(cls, v: str) -> str:
+        if v not in FORMATS:
+            raise ValueError(f"unknown manifest format {v!r}; expected one of: {', '.join(FORMATS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ManifestConfig:
+        if self.path is not None and self.location is not None:
+            raise ValueError("give either manifest.path (inside the export) or manifest.location, not both")
+        return self
+
+
+class ScheduleConfig(Strict):
+    cron: str | None = Field(None, description="5-field cron expression, in the check's timezone")
+    every: Duration | None = Field(None, description="interval between runs (90s, 6h, 1d)")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"invalid cron expression {v!r}: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("give exactly one of schedule.cron or schedule.every")
+        if self.every is not None and self.every < 1:
+            raise ValueError("schedule.every must be at least 1s")
+        return self
+
+
+class ExpectConfig(Strict):
+    deadline: str | None = Field(None, description="time of day (HH:MM) by which the provider must deliver")
+    max_age: Duration | None = Field(None, description="newest file must be younger than this")
+    min_files: int | None = Field(None, ge=0, description="at least this many files")
+    min_bytes: Size | None = Field(None, description="at least this many bytes")
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                dt.time.fromisoformat(v)
+            except ValueError as exc:
+                raise ValueError(f"deadline must be a time of day like 06:00, got {v!r}") from exc
+        return v
+
+    @property
+    def deadline_time(self) -> dt.time | None:
+        return dt.time.fromisoformat(self.deadline) if self.deadline else None
+
+
+class FixityConfig(Strict):
+    enabled: bool = Field(True, description="hash file contents (false: sizes and presence only)")
+    algorithms: Literal["all", "strongest"] = Field("all", description="digests to compute")
+    parallelism: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)), ge=1, le=256,
+                             description="files verified at once")
+    require_tier: Tier | None = Field(None, description="weakest acceptable tier for every entry")
+
+
+class CompletionConfig(Strict):
+    marker: str | None = Field(None, description="file whose presence says the delivery is complete")
+
+
+class CheckConfig(Strict):
+    """One check, as read from checks/NAME.yaml (relative paths already resolved)."""
+
+    version: Literal[1] = Field(description="check file format version")
+    id: str | None = Field(None, description="stable id keying the history (default: name)")
+    name: str = Field(min_length=1, max_length=200, description="display name")
+    labels: dict[str, str] = Field(default_factory=dict, description="bounded key/values carried into metrics")
+    timezone: Annotated[str, BeforeValidator(_check_tz)] = Field("UTC", description="for cron, dates, deadline")
+    source: SourceConfig
+    generation: GenerationConfig | None = None
+    manifest: ManifestConfig = Field(default_factory=lambda: ManifestConfig())
+    ignore: list[str] = Field(default_factory=list, description="globs never reported as unexpected")
+    allow_unexpected: bool = Field(False, description="report unexpected files as warnings only")
+    completion: CompletionConfig = Field(default_factory=lambda: CompletionConfig())
+    schedule: ScheduleConfig | None = None
+    expect: ExpectConfig = Field(default_factory=lambda: ExpectConfig())
+    fixity: FixityConfig = Field(default_factory=lambda: FixityConfig())
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str | None) -> str | None:
+        if v is not None and not ID_RE.match(v):
+            raise ValueError("id: letters, digits, '.', '_', '-' only, at most 128 characters")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 10:
+            raise ValueError("at most 10 labels (they become Prometheus labels: keep them bounded)")
+        for key, value in v.items():
+            if not LABEL_RE.match(key) or key.startswith("__"):
+                raise ValueError(f"label name {key!r} is not a valid Prometheus label name")
+            if key in ("check", "check_id", "kind", "outcome", "tier", "severity"):
+                raise ValueError(f"label name {key!r} is reserved by reversib")
+            if len(str(value)) > 200:
+                raise ValueError(f"label {key!r}: value longer than 200 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _deadline_needs_dates(self) -> CheckConfig:
+        if self.expect.deadline is not None and (self.generation is None or not self.generation.is_date):
+            raise ValueError("expect.deadline needs generation.pattern with a date template such as %Y-%m-%d "
+                             "(use expect.max_age for an export without dated folders)")
+        return self
+
+    @property
+    def check_id(self) -> str:
+        return self.id or _slug(self.name)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def _slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return s[:128] or "check"
+
+
+class HistoryConfig(Strict):
+    url: str | None = Field(None, description="SQLAlchemy URL without password (sqlite:///path, postgresql://...)")
+    url_env: str | None = Field(None, description="environment variable holding the URL (may hold a password)")
+    url_file: str | None = Field(None, description="file holding the URL (may hold a password)")
+
+    @model_validator(mode="after")
+    def _one(self) -> HistoryConfig:
+        given = [k for k in ("url", "url_env", "url_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of history.url, url_env, url_file (got {', '.join(given)})")
+        if self.url is not None and re.search(r"://[^/@]*:[^/@]*@", self.url):
+            raise ValueError("history.url contains a password: put the URL in url_env or url_file instead")
+        return self
+
+
+class DefaultsConfig(Strict):
+    fixity: dict[str, Any] = Field(default_factory=dict, description="fixity keys applied to every check")
+
+
+class LogConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class DaemonConfig(Strict):
+    version: Literal[1] = Field(description="config file format version")
+    history: HistoryConfig = Field(default_factory=lambda: HistoryConfig())
+    checks_dir: str | None = Field(None, description="folder of check files (relative to this file)")
+    defaults: DefaultsConfig = Field(default_factory=lambda: DefaultsConfig())
+    log: LogConfig = Field(default_factory=lambda: LogConfig())
+
+
+@dataclass
+class Settings:
+    """The loaded configuration: daemon settings plus every check, paths resolved."""
+
+    path: Path | None
+    daemon: DaemonConfig
+    checks: list[CheckConfig] = field(default_factory=list)
+    check_files: dict[str, Path] = field(default_factory=dict)
+
+    def history_url(self, override: str | None = None) -> str:
+        if override:
+            return override
+        if os.environ.get(ENV_HISTORY_URL):
+            return os.environ[ENV_HISTORY_URL]
+        h = self.daemon.history
+        if h.url_env:
+            value = os.environ.get(h.url_env)
+            if not value:
+                raise ConfigError([f"{self.path}: history.url_env: environment variable {h.url_env} is not set"])
+            return value
+        if h.url_file:
+            try:
+                return Path(h.url_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError([f"{self.path}: history.url_file: cannot read {h.url_file}: {exc.strerror}"]) \
+                    from exc
+        if h.url:
+            return h.url
+        return "sqlite:///" + str(default_state_dir() / "history.db")
+
+    def find(self, name_or_id: str) -> CheckConfig | None:
+        for c in self.checks:
+            if name_or_id in (c.check_id, c.name):
+                return c
+        return None
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "reversib"
+
+
+def _fmt_loc(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _errors(path: Path, exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        out.append(f"{path}: {_fmt_loc(e['loc'])}: {msg}")
+    return out
+
+
+def _read_yaml(path: Path, errors: list[str]) -> dict[str, Any] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        errors.append(f"{path}: cannot read: {exc.strerror}")
+        return None
+    except UnicodeDecodeError:
+        errors.append(f"{path}: not UTF-8 text")
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        errors.append(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}")
+        return None
+    if not isinstance(data, dict):
+        errors.append(f"{path}: expected a mapping of keys at the top level")
+        return None
+    return data
+
+
+def _resolve(base: Path, value: str) -> str:
+    """A relative path in a file is relative to that file's folder; URLs are left alone."""
+    if "://" in value and not value.startswith("file://"):
+        return value
+    if value.startswith("file://"):
+        return value
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _merge(defaults: dict[str, Any], own: Any) -> Any:
+    if isinstance(own, dict):
+        return {**defaults, **own}
+    return own if own is not None else dict(defaults)
+
+
+def load_check(path: Path, defaults: DefaultsConfig, errors: list[str]) -> CheckConfig | None:
+    data = _read_yaml(path, errors)
+    if data is None:
+        return None
+    base = path.parent
+    src = data.get("source")
+    if isinstance(src, dict) and isinstance(src.get("url"), str):
+        src["url"] = _resolve(base, src["url"])
+    man = data.get("manifest")
+    if isinstance(man, dict) and isinstance(man.get("location"), str):
+        man["location"] = _resolve(base, man["location"])
+    if defaults.fixity:
+        data["fixity"] = _merge(defaults.fixity, data.get("fixity"))
+    try:
+        return CheckConfig.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_errors(path, exc))
+        return None
+
+
+def discover_config(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    local = Path("config/reversib.yaml")
+    return local if local.exists() else None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load the daemon config and every check; raise ConfigError listing all problems."""
+    errors: list[str] = []
+    if path is None:
+        return Settings(None, DaemonConfig(version=1))
+    data = _read_yaml(path, errors)
+    daemon: DaemonConfig | None = None
+    if data is not None:
+        h = data.get("history")
+        if isinstance(h, dict):
+            if isinstance(h.get("url"), str) and h["url"].startswith("sqlite:///") \
+                    and not h["url"].startswith("sqlite:////") and h["url"] != "sqlite:///:memory:":
+                h["url"] = "sqlite:///" + _resolve(path.parent, h["url"][len("sqlite:///"):])
+            if isinstance(h.get("url_file"), str):
+                h["url_file"] = _resolve(path.parent, h["url_file"])
+        if isinstance(data.get("checks_dir"), str):
+            data["checks_dir"] = _resolve(path.parent, data["checks_dir"])
+        try:
+            daemon = DaemonConfig.model_validate(data)
+        except ValidationError as exc:
+            errors.extend(_errors(path, exc))
+    settings = Settings(path, daemon or DaemonConfig(version=1))
+    if daemon is not None and daemon.checks_dir:
+        cdir = Path(daemon.checks_dir)
+        if not cdir.is_dir():
+            errors.append(f"{path}: checks_dir: not a folder: {cdir}")
+        else:
+            files = sorted(list(cdir.glob("*.yaml")) + list(cdir.glob("*.yml")))
+            seen: dict[str, Path] = {}
+            for f in files:
+                check = load_check(f, daemon.defaults, errors)
+                if check is None:
+                    continue
+                if check.check_id in seen:
+                    errors.append(f"{f}: id: check id {check.check_id!r} already used by {seen[check.check_id]}")
+                    continue
+                seen[check.check_id] = f
+                settings.checks.append(check)
+                settings.check_files[check.check_id] = f
+    if errors:
+        raise ConfigError(errors)
+    return settings
+
+
+def adhoc_check(source: str, manifest: str | None, fmt: str = "auto", *, name: str | None = None,
+                parallelism: int | None = None) -> CheckConfig:
+    """A check built from `verify-now --source ... --manifest ...` (paths relative to the cwd)."""
+    import hashlib
+
+    src = _resolve(Path.cwd(), source)
+    man = _resolve(Path.cwd(), manifest) if manifest else None
+    digest = hashlib.sha256(f"{src}\0{man or ''}".encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    data: dict[str, Any] = {
+        "version": 1,
+        "id": f"adhoc-{digest}",
+        "name": name or f"adhoc {source}",
+        "source": {"url": src},
+        "manifest": {"location": man, "format": fmt},
+    }
+    if parallelism:
+        data["fixity"] = {"parallelism": parallelism}
+    try:
+        return CheckConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_errors(Path("(command line)"), exc)) from exc

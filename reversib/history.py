@@ -1,0 +1,818 @@
+"""Run history: the evidence store (SQLite by default, PostgreSQL for teams).
+
+Every run is recorded as `running` before any work starts and completed in one transaction by
+`finish_run`, so a crash leaves a `running` row that `reap_dead_runs` later marks `interrupted`:
+a run that never finished is never reported as passed.
+
+The schema is managed by Alembic (`reversib/migrations/`), but Alembic is imported only when the
+database is not already at `SCHEMA_REVISION`: the common start-up costs one query.
+
+Timestamps come from the clock passed in (epoch seconds) and are stored as tz-aware UTC.
+Messages never show the database password: they use `describe()`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import hashlib
+import itertools
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _jstr
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, Severity, Trigger, canonical_json
+
+__all__ = [
+    "SCHEMA_REVISION",
+    "EntryRecord",
+    "History",
+    "HistoryError",
+    "RunNotRunning",
+    "RunRow",
+    "SlotTaken",
+    "UnknownRun",
+    "compute_summary_digest",
+    "create_history_engine",
+    "storable",
+    "summary_document",
+]
+
+# The Alembic head this code expects; tests assert it equals the migration scripts' head.
+SCHEMA_REVISION = "0001"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+BATCH_SIZE = 5000
+_PG_SCHEMA_LOCK = 0x7265766572736962  # "reversib": pg_advisory_xact_lock key for schema upgrades
+_ALEMBIC_LOCK = threading.Lock()  # alembic's `context` proxy is process-global
+UTC = timezone.utc
+
+
+class HistoryError(Exception):
+    """The history database could not be used.  Messages name it with the password masked."""
+
+
+class SlotTaken(HistoryError):
+    """A run of this check for this schedule slot already exists (another process or replica took it)."""
+
+
+class UnknownRun(HistoryError):
+    """No run with this id."""
+
+
+class RunNotRunning(HistoryError):
+    """The run is no longer `running` (finished, or marked interrupted): its record is not overwritten."""
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def _escape_surrogate(err: UnicodeError) -> tuple[bytes, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = bytearray()
+    for ch in err.object[err.start:err.end]:
+        cp = ord(ch)
+        if 0xDC80 <= cp <= 0xDCFF:  # surrogateescape of an undecodable byte: back to that byte
+            out.append(cp - 0xDC00)
+        else:  # any other lone surrogate: spell it
+            out += f"\\u{cp:04x}".encode("ascii")
+    return bytes(out), err.end
+
+
+codecs.register_error("reversib.storable", _escape_surrogate)
+
+
+def storable(text: str) -> str:
+    """`text` as valid UTF-8 without NUL, storable in any database.
+
+    Undecodable bytes kept by `surrogateescape` become `\\xNN`, other lone surrogates `\\uDXXX`,
+    NUL `\\x00`.  Text that is already clean is returned unchanged.
+    """
+    if text.isascii():
+        return text.replace("\x00", "\\x00") if "\x00" in text else text
+    raw = text.encode("utf-8", "reversib.storable")
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+def _opt(text: str | None) -> str | None:
+    return None if text is None else storable(text)
+
+
+def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {storable(str(k)): storable(str(v)) for k, v in sorted(labels.items())}
+
+
+# ----------------------------------------------------------------------------------------- schema
+
+
+def to_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 UTC with microseconds, fixed width: `2024-05-01T02:00:00.000000Z`."""
+    return None if dt is None else dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Tz-aware UTC in, tz-aware UTC out, on every backend (SQLite keeps naive UTC text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a tz-aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# Paths compare and sort by code point (= UTF-8 byte order) on both backends.
+PathText = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunModel(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        sa.UniqueConstraint("check_id", "scheduled_for", name="uq_runs_check_slot"),
+        sa.Index("ix_runs_check_started", "check_id", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    check_id: Mapped[str] = mapped_column(sa.String())
+    check_name: Mapped[str] = mapped_column(sa.String())
+    trigger: Mapped[str] = mapped_column(sa.String(16))
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(sa.String(16))
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_seconds: Mapped[float | None] = mapped_column(sa.Float())
+    host: Mapped[str] = mapped_column(sa.String())
+    pid: Mapped[int] = mapped_column(sa.Integer())
+    labels: Mapped[dict[str, str]] = mapped_column(JSONType)
+    source: Mapped[str | None] = mapped_column(sa.Text())
+    manifest: Mapped[str | None] = mapped_column(sa.Text())
+    manifest_digest: Mapped[str | None] = mapped_column(sa.String())
+    generation: Mapped[str | None] = mapped_column(sa.String())
+    error: Mapped[str | None] = mapped_column(sa.Text())
+    counts: Mapped[dict[str, int]] = mapped_column(JSONType)
+    severities: Mapped[dict[str, int]] = mapped_column(JSONType)
+    tiers: Mapped[dict[str, int]] = mapped_column(JSONType)
+    bytes_verified: Mapped[int] = mapped_column(sa.BigInteger())
+    files_verified: Mapped[int] = mapped_column(sa.BigInteger())
+    files_listed: Mapped[int] = mapped_column(sa.BigInteger())
+    bytes_listed: Mapped[int] = mapped_column(sa.BigInteger())
+    manifest_entries: Mapped[int] = mapped_column(sa.BigInteger())
+    newest_mtime: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    summary_digest: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class FindingModel(Base):
+    __tablename__ = "findings"
+
+    run_id: Mapped[str] = mapped_column(sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer(), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    severity: Mapped[str] = mapped_column(sa.String(16))
+    path: Mapped[str | None] = mapped_column(sa.Text())
+    expected: Mapped[str | None] = mapped_column(sa.Text())
+    actual: Mapped[str | None] = mapped_column(sa.Text())
+    detail: Mapped[str | None] = mapped_column(sa.Text())
+
+
+class EntryStateModel(Base):
+    """The last verification of each manifest path of each check.  `run_id` is deliberately not a
+    foreign key: pruning old runs must not erase what is known about the entries they verified."""
+
+    __tablename__ = "entry_state"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    check_id: Mapped[str] = mapped_column(sa.String(), primary_key=True)
+    path: Mapped[str] = mapped_column(PathText, primary_key=True)
+    size: Mapped[int | None] = mapped_column(sa.BigInteger())
+    digests: Mapped[dict[str, str]] = mapped_column(JSONType)
+    tier: Mapped[str] = mapped_column(sa.String(32))
+    verified_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    run_id: Mapped[str] = mapped_column(sa.String(32))
+
+
+runs_t: sa.Table = RunModel.__table__  # type: ignore[assignment]
+findings_t: sa.Table = FindingModel.__table__  # type: ignore[assignment]
+entries_t: sa.Table = EntryStateModel.__table__  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """One entry's last verification: digests computed by reversib (algorithm -> hex)."""
+
+    path: str
+    size: int | None
+    digests: Mapping[str, str]
+    tier: str
+    verified_at: float
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One stored run.  Timestamps are tz-aware UTC; `outcome` is None while the run is `running`."""
+
+    id: str
+    check_id: str
+    check_name: str
+    trigger: str
+    scheduled_for: datetime | None
+    state: str
+    outcome: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    host: str
+    pid: int
+    labels: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    manifest: str | None = None
+    manifest_digest: str | None = None
+    generation: str | None = None
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    severities: dict[str, int] = field(default_factory=dict)
+    tiers: dict[str, int] = field(default_factory=dict)
+    bytes_verified: int = 0
+    files_verified: int = 0
+    files_listed: int = 0
+    bytes_listed: int = 0
+    manifest_entries: int = 0
+    newest_mtime: datetime | None = None
+    summary_digest: str | None = None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any]) -> RunRow:
+        return cls(**{name: row[name] for name in _RUN_FIELDS})
+
+    @property
+    def passed(self) -> bool:
+        return self.state == RunState.FINISHED.value and self.outcome == Outcome.PASSED.value
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: timestamps as ISO 8601 UTC strings."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = iso(value)
+        return data
+
+
+_RUN_FIELDS = [c.name for c in runs_t.columns]
+
+
+def summary_document(run: RunRow, findings: Sequence[Finding]) -> dict[str, Any]:
+    """What `summary_digest` covers: every stored field of the run but the digest, and the findings."""
+    data = run.to_dict()
+    del data["summary_digest"]
+    return {"run": data, "findings": [f.to_dict() for f in findings]}
+
+
+def compute_summary_digest(run: RunRow, findings: Sequence[Finding]) -> str:
+    """sha256 of the canonical JSON of `summary_document`: recomputable from the stored rows."""
+    return hashlib.sha256(canonical_json(summary_document(run, findings)).encode("ascii")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- engine
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(db)
+
+
+def create_history_engine(url: str) -> Engine:
+    """An engine set up for the history: SQLite in WAL mode with a 30 s busy timeout, write transactions
+    started with BEGIN IMMEDIATE; PostgreSQL with pre-ping and a connect timeout.  A bare path is SQLite."""
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).absolute()}"
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_file(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("PRAGMA busy_timeout = 30000")
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
+                cur.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("reversib_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = 10
+        if "application_name" not in parsed.query:
+            connect_args["application_name"] = "reversib"
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def alembic_config() -> Any:
+    """A programmatic Alembic config (no alembic.ini needed).  Imports alembic."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _json_compact(data: Mapping[str, str]) -> str:
+    """Compact JSON of a str -> str mapping, sorted; 4x faster than json.dumps for the usual one digest."""
+    if len(data) == 1:
+        for k, v in data.items():
+            return "{" + _jstr(k) + ":" + _jstr(v) + "}"
+    return "{" + ",".join(_jstr(k) + ":" + _jstr(v) for k, v in sorted(data.items())) + "}"
+
+
+def _sqlite_timestamps(values: Iterable[float]) -> list[str]:
+    """Epoch seconds as SQLAlchemy's SQLite DATETIME stores them (naive UTC, `YYYY-MM-DD HH:MM:SS.ffffff`),
+    rounded as `datetime.fromtimestamp` rounds; dates are formatted once per day (5x faster)."""
+    days: dict[int, str] = {}
+    out = []
+    for ts in values:
+        frac, whole = math.modf(ts)
+        us = round(frac * 1e6)
+        if us >= 1_000_000:
+            whole, us = whole + 1, us - 1_000_000
+        elif us < 0:
+            whole, us = whole - 1, us + 1_000_000
+        day, second = divmod(int(whole), 86400)
+        date = days.get(day)
+        if date is None:
+            date = days[day] = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+        hour, second = divmod(second, 3600)
+        minute, second = divmod(second, 60)
+        out.append(f"{date} {hour:02d}:{minute:02d}:{second:02d}.{us:06d}")
+    return out
+
+
+_UPSERT_SET = (
+    "ON CONFLICT (check_id, path) DO UPDATE SET size = excluded.size, digests = excluded.digests, "
+    "tier = excluded.tier, verified_at = excluded.verified_at, run_id = excluded.run_id"
+)
+# verified_at is written as SQLAlchemy's SQLite DATETIME writes it (naive UTC, microseconds).
+_UPSERT_SQLITE = (
+    "INSERT INTO entry_state (check_id, path, size, digests, tier, verified_at, run_id) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?) {_UPSERT_SET}"
+)
+_UPSERT_PG = (
+    "INSERT INTO entry_state (check_id, run_id, path, size, digests, tier, verified_at) "
+    "SELECT %s, %s, e.path, e.size, e.digests::jsonb, e.tier, e.verified_at "
+    "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[]) "
+    f"AS e(path, size, digests, tier, verified_at) {_UPSERT_SET}"
+)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------- History
+
+
+class History:
+    """The run history.  Pass the clock, host and pid in; tests need no patching."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self.clock = clock
+        self.host = host if host is not None else socket.gethostname()
+        self.pid = pid if pid is not None else os.getpid()
+        self.migrations_run = 0  # how many times ensure_schema had to run Alembic
+        self._engine = create_history_engine(url)
+        self._password = self._engine.url.password
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> History:
+        history = cls(url, clock=clock, host=host, pid=pid)
+        try:
+            history.ensure_schema()
+        except BaseException:
+            history.close()
+            raise
+        return history
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def describe(self) -> str:
+        """The database URL with its password masked."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -------------------------------------------------------------------------------- plumbing
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Driver and connection errors as HistoryError naming the masked URL (never the password)."""
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError) as exc:
+            raise HistoryError(f"history database {self.describe()}: {_scrub(str(exc.orig), self._password)}") from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._guard(), self._engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE, waits up to 30 s)."""
+        with self._guard(), self._engine.connect() as conn:
+            conn.execution_options(reversib_write=True)
+            with conn.begin():
+                yield conn
+
+    def _now(self) -> datetime:
+        return to_datetime(self.clock())
+
+    # ---------------------------------------------------------------------------------- schema
+
+    def current_revision(self) -> str | None:
+        """The revision in `alembic_version`, None when there is no schema yet.  One query."""
+        with self._read() as conn:
+            try:
+                return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+                return None  # no such table
+
+    def ensure_schema(self) -> bool:
+        """Bring the schema to SCHEMA_REVISION; True when Alembic had to run.
+
+        Fast path: one query, no Alembic import.  Concurrent callers are serialized by the
+        database (PostgreSQL advisory lock, SQLite write lock) and re-check under the lock.
+        """
+        if self.current_revision() == SCHEMA_REVISION:
+            return False
+        return self._upgrade()
+
+    def _upgrade(self) -> bool:
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
+        config = alembic_config()
+        known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+        with _ALEMBIC_LOCK, self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current == SCHEMA_REVISION:
+                return False  # another process did it while we waited
+            if current is not None and current not in known:
+                raise HistoryError(
+                    f"history database {self.describe()} is at schema revision {current!r}, unknown to this "
+                    f"reversib (expects {SCHEMA_REVISION!r}): upgrade reversib"
+                )
+            config.attributes["connection"] = conn
+            try:
+                command.upgrade(config, SCHEMA_REVISION)
+            except CommandError as exc:
+                raise HistoryError(f"history database {self.describe()}: schema upgrade failed: {exc}") from None
+        self.migrations_run += 1
+        return True
+
+    # ------------------------------------------------------------------------------------ runs
+
+    def start_run(
+        self,
+        *,
+        check_id: str,
+        check_name: str,
+        trigger: Trigger | str,
+        scheduled_for: datetime | float | None = None,
+        labels: Mapping[str, str] | None = None,
+        source: str | None = None,
+        manifest: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Record a run as `running`, committed before any work; return its id (a uuid4 hex).
+
+        Raises SlotTaken when this check already has a run for `scheduled_for`.
+        """
+        if isinstance(scheduled_for, int | float):
+            scheduled_for = to_datetime(scheduled_for)
+        run_id = run_id or uuid.uuid4().hex
+        values = {
+            "id": run_id,
+            "check_id": check_id,
+            "check_name": storable(check_name),
+            "trigger": Trigger(trigger).value,
+            "scheduled_for": scheduled_for,
+            "state": RunState.RUNNING.value,
+            "outcome": None,
+            "started_at": self._now(),
+            "host": storable(self.host),
+            "pid": self.pid,
+            "labels": _labels(labels or {}),
+            "source": _opt(source),
+            "manifest": _opt(manifest),
+            "counts": {},
+            "severities": {},
+            "tiers": {},
+            **dict.fromkeys(("bytes_verified", "files_verified", "files_listed", "bytes_listed"), 0),
+            "manifest_entries": 0,
+        }
+        try:
+            with self._write() as conn:
+                conn.execute(runs_t.insert(), values)
+        except sa.exc.IntegrityError:
+            if scheduled_for is not None and self._slot_taken(check_id, scheduled_for):
+                raise SlotTaken(f"check {check_id!r} already has a run for the slot {iso(scheduled_for)}") from None
+            raise
+        return run_id
+
+    def _slot_taken(self, check_id: str, slot: datetime) -> bool:
+        stmt = sa.select(runs_t.c.id).where(runs_t.c.check_id == check_id, runs_t.c.scheduled_for == slot)
+        with self._read() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def finish_run(self, result: RunResult, entries: Iterable[EntryRecord] = ()) -> str:
+        """Complete the run `result.run_id` in one transaction: the run row, its findings, and the
+        entry states (upserted in batches; `entries` may be an iterator).  Returns the summary digest.
+
+        An interrupted run is never stored as passed (its outcome becomes `error`).
+        """
+        state = RunState(result.state)
+        if state is RunState.RUNNING:
+            raise ValueError("finish_run needs a finished or interrupted result, not a running one")
+        outcome = Outcome(result.outcome)
+        if state is not RunState.FINISHED and outcome is Outcome.PASSED:
+            outcome = Outcome.ERROR
+        findings = [
+            Finding(f.kind, _opt(f.path), _opt(f.expected), _opt(f.actual), f.severity, _opt(f.detail))
+            for f in result.findings
+        ]
+        with self._write() as conn:
+            row = conn.execute(sa.select(runs_t).where(runs_t.c.id == result.run_id)).mappings().first()
+            if row is None:
+                raise UnknownRun(f"no run {result.run_id!r} in {self.describe()}")
+            if row["state"] != RunState.RUNNING.value:
+                raise RunNotRunning(f"run {result.run_id!r} is {row['state']}, not running: not overwritten")
+            finished_at = to_datetime(result.finished_at) if result.finished_at else self._now()
+            started = RunRow.from_mapping(row)
+            run = replace(
+                started,
+                state=state.value,
+                outcome=outcome.value,
+                finished_at=finished_at,
+                duration_seconds=float(result.duration_seconds),
+                labels=_labels(result.labels) if result.labels else started.labels,
+                source=_opt(result.source) if result.source is not None else started.source,
+                manifest=_opt(result.manifest) if result.manifest is not None else started.manifest,
+                manifest_digest=result.manifest_digest,
+                generation=_opt(result.generation),
+                error=_opt(result.error),
+                counts=result.counts,
+                severities=result.severity_counts,
+                tiers=dict(sorted((str(k), int(v)) for k, v in result.tiers.items())),
+                bytes_verified=result.bytes_verified,
+                files_verified=result.files_verified,
+                files_listed=result.files_listed,
+                bytes_listed=result.bytes_listed,
+                manifest_entries=result.manifest_entries,
+                newest_mtime=None if result.newest_mtime is None else to_datetime(result.newest_mtime),
+                summary_digest=None,
+            )
+            digest = compute_summary_digest(run, findings)
+            values = {k: v for k, v in asdict(run).items() if k not in ("id", "started_at")}
+            values["summary_digest"] = digest
+            conn.execute(runs_t.update().where(runs_t.c.id == run.id).values(values))
+            if findings:
+                conn.execute(
+                    findings_t.insert(),
+                    [
+                        {"run_id": run.id, "seq": seq, "kind": f.kind.value, "severity": f.sev.value, "path": f.path,
+                         "expected": f.expected, "actual": f.actual, "detail": f.detail}
+                        for seq, f in enumerate(findings)
+                    ],
+                )
+            self._upsert_entries(conn, run.check_id, run.id, entries)
+        return digest
+
+    def _upsert_entries(self, conn: Connection, check_id: str, run_id: str, entries: Iterable[EntryRecord]) -> None:
+        """Bulk upsert, one statement per batch of BATCH_SIZE.  Values are encoded here (not by SQLAlchemy's
+        per-row type processors, which cost more than the database): SQLite gets an executemany of tuples
+        in SQLAlchemy's own storage formats, PostgreSQL one INSERT ... SELECT FROM unnest(arrays)."""
+        pg = conn.dialect.name == "postgresql"
+        sql = _UPSERT_PG if pg else _UPSERT_SQLITE
+        for chunk in _chunks(entries, BATCH_SIZE):
+            # The last record of a path wins: PostgreSQL refuses to update one row twice in a statement.
+            rows: dict[str, EntryRecord] = {}
+            for e in chunk:
+                rows[storable(e.path)] = e
+            if pg:
+                conn.exec_driver_sql(sql, (
+                    check_id,
+                    run_id,
+                    list(rows),
+                    [e.size for e in rows.values()],
+                    [_json_compact(e.digests) for e in rows.values()],
+                    [getattr(e.tier, "value", e.tier) for e in rows.values()],
+                    [to_datetime(e.verified_at) for e in rows.values()],
+                ))
+            else:
+                stamps = _sqlite_timestamps([e.verified_at for e in rows.values()])
+                conn.exec_driver_sql(sql, [
+                    (check_id, path, e.size, _json_compact(e.digests), getattr(e.tier, "value", e.tier), ts, run_id)
+                    for (path, e), ts in zip(rows.items(), stamps, strict=True)
+                ])
+
+    def mark_interrupted(self, run_id: str, reason: str) -> bool:
+        """Mark a still-running run interrupted (outcome `error`).  False when it was not running."""
+        now = self._now()
+        with self._write() as conn:
+            started = conn.execute(
+                sa.select(runs_t.c.started_at).where(runs_t.c.id == run_id, runs_t.c.state == RunState.RUNNING.value)
+            ).scalar()
+            if started is None:
+                return False
+            conn.execute(
+                runs_t.update()
+                .where(runs_t.c.id == run_id, runs_t.c.state == RunState.RUNNING.value)
+                .values(
+                    state=RunState.INTERRUPTED.value,
+                    outcome=Outcome.ERROR.value,
+                    error=storable(reason),
+                    finished_at=now,
+                    duration_seconds=max(0.0, (now - started).total_seconds()),
+                )
+            )
+        return True
+
+    def reap_dead_runs(self) -> list[str]:
+        """Mark interrupted the runs left `running` on this host by processes that no longer exist.
+        Runs of other hosts and of live processes are never touched.  Returns their ids."""
+        stmt = sa.select(runs_t.c.id, runs_t.c.pid).where(
+            runs_t.c.state == RunState.RUNNING.value, runs_t.c.host == storable(self.host)
+        )
+        with self._read() as conn:
+            candidates = [(row.id, row.pid) for row in conn.execute(stmt)]
+        reaped = []
+        for run_id, pid in candidates:
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            if self.mark_interrupted(run_id, f"process {pid} on {self.host} ended without finishing the run"):
+                reaped.append(run_id)
+        return reaped
+
+    # ---------------------------------------------------------------------------------- queries
+
+    def _runs(self, stmt: sa.Select[Any]) -> list[RunRow]:
+        with self._read() as conn:
+            return [RunRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+
+    def latest_runs(self) -> list[RunRow]:
+        """The latest run (any state) of every check, ordered by check id."""
+        ids = sa.select(runs_t.c.check_id).distinct().subquery("c")
+        other = runs_t.alias("r2")
+        latest = (
+            sa.select(other.c.id)
+            .where(other.c.check_id == ids.c.check_id)
+            .order_by(other.c.started_at.desc(), other.c.id.desc())
+            .limit(1)
+            .correlate(ids)
+            .scalar_subquery()
+        )
+        return self._runs(sa.select(runs_t).select_from(ids).join(runs_t, runs_t.c.id == latest)
+                          .order_by(runs_t.c.check_id))
+
+    def runs(self, check_id: str, limit: int = 50) -> list[RunRow]:
+        """The runs of one check, newest first."""
+        return self._runs(
+            sa.select(runs_t).where(runs_t.c.check_id == check_id)
+            .order_by(runs_t.c.started_at.desc(), runs_t.c.id.desc()).limit(limit)
+        )
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        found = self._runs(sa.select(runs_t).where(runs_t.c.id == run_id))
+        return found[0] if found else None
+
+    def last_success(self, check_id: str) -> RunRow | None:
+        """The newest finished, passed run of a check."""
+        found = self._runs(
+            sa.select(runs_t)
+            .where(runs_t.c.check_id == check_id, runs_t.c.state == RunState.FINISHED.value,
+                   runs_t.c.outcome == Outcome.PASSED.value)
+            .order_by(runs_t.c.started_at.desc(), runs_t.c.id.desc()).limit(1)
+        )
+        return found[0] if found else None
+
+    def check_ids(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(sa.select(runs_t.c.check_id).distinct().order_by(runs_t.c.check_id)).scalars())
+
+    def findings(self, run_id: str) -> list[Finding]:
+        """The findings of a run, in the order the run reported them."""
+        stmt = sa.select(findings_t).where(findings_t.c.run_id == run_id).order_by(findings_t.c.seq)
+        with self._read() as conn:
+            return [
+                Finding(FindingKind(r.kind), r.path, r.expected, r.actual, Severity(r.severity), r.detail)
+                for r in conn.execute(stmt)
+            ]
+
+    def entry_states(self, check_id: str) -> Iterator[EntryRecord]:
+        """The entry states of a check in path order (code point order), read in pages: no connection
+        or read transaction is held between pages."""
+        e = entries_t.c
+        after: str | None = None
+        while True:
+            stmt = sa.select(e.path, e.size, e.digests, e.tier, e.verified_at).where(e.check_id == check_id)
+            if after is not None:
+                stmt = stmt.where(e.path > after)
+            with self._read() as conn:
+                page = conn.execute(stmt.order_by(e.path).limit(BATCH_SIZE)).all()
+            for path, size, digests, tier, verified_at in page:
+                yield EntryRecord(path, size, digests, tier, verified_at.timestamp())
+            if len(page) < BATCH_SIZE:
+                return
+            after = page[-1][0]

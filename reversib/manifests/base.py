@@ -1,0 +1,184 @@
+"""What every manifest parser returns, and the rules they share (path safety, ordering).
+
+A parser reads through a `Source` (so a manifest on S3 or SFTP works like one on disk) and
+returns a `Manifest`: the entries it could parse, sorted in canonical order and de-duplicated,
+plus findings for what it could not accept (a malformed line, a hostile path, a duplicate).
+Parsers never raise on bad content: bad content is a finding.  They raise `ManifestError` only
+when the manifest as a whole cannot be read or understood (unreadable, empty, not this format).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from reversib.model import Finding, FindingKind
+
+MAX_LINE = 64 * 1024  # bytes; a longer manifest line is reported, never held in memory whole
+
+
+class ManifestError(Exception):
+    """The manifest as a whole cannot be read or parsed: the run cannot conclude (outcome error)."""
+
+
+@dataclass(slots=True)
+class ManifestEntry:
+    path: str
+    size: int | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+    mtime: float | None = None
+    line: int | None = None
+
+
+@dataclass
+class Manifest:
+    format: str
+    location: str
+    entries: list[ManifestEntry]
+    findings: list[Finding] = field(default_factory=list)
+    # Paths (relative to the export root) that belong to the manifest itself: never `unexpected`.
+    own_paths: set[str] = field(default_factory=set)
+    # Paths the manifest mentions without a usable entry (duplicated): never `unexpected`.
+    untrusted: set[str] = field(default_factory=set)
+    # When set, only paths below this prefix can be `unexpected` (BagIt: "data/").
+    unexpected_scope: str | None = None
+    # sha256 of the manifest's bytes (for a bag: of its tag files, in name order).
+    digest: str = ""
+    # Dataset-level expectations carried by the manifest: min_files, min_bytes,
+    # payload_oxum (bytes, files), and anything later issues add.
+    expect: dict[str, Any] = field(default_factory=dict)
+
+
+def path_problem(path: str) -> str | None:
+    """Why a manifest path must never be opened, or None when it is safe.
+
+    Safe paths are relative, `/`-separated, without empty, `.` or `..` components, NUL or
+    control characters (tab and newline are allowed: coreutils escapes them unambiguously, and
+    reversib escapes every name it prints).  (A leading `./` is stripped by the parsers before this check.)
+    """
+    if path == "":
+        return "empty path"
+    if "\x00" in path:
+        return "NUL character in path"
+    if any((ord(c) < 0x20 and c not in "\t\n") or 0x7F <= ord(c) < 0xA0 for c in path):
+        return "control character in path"
+    if path.startswith("/"):
+        return "absolute path"
+    if len(path) >= 2 and path[1] == ":" and path[0].isalpha():
+        return "absolute (drive) path"
+    parts = path.split("/")
+    if ".." in parts:
+        return "'..' component escapes the export root"
+    if any(p in ("", ".") for p in parts):
+        return "empty or '.' path component"
+    return None
+
+
+def strip_dot_slash(path: str) -> str:
+    while path.startswith("./"):
+        path = path[2:]
+    return path
+
+
+def normalized_name(path: str) -> str:
+    """The key under which two names are "the same" for `name_normalization` findings."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def finalize(manifest_format: str, location: str, raw: list[ManifestEntry], findings: list[Finding],
+             **kwargs: Any) -> Manifest:
+    """Check paths, sort in canonical order, report duplicates; return the Manifest.
+
+    Entries with unsafe paths are dropped (reported as `unsafe_path`); every occurrence of a
+    duplicated path is dropped and reported once as `duplicate_entry` (a manifest that says two
+    things about one file cannot vouch for it)."""
+    safe: list[ManifestEntry] = []
+    for entry in raw:
+        problem = path_problem(entry.path)
+        if problem:
+            findings.append(Finding(FindingKind.UNSAFE_PATH, entry.path, expected="a safe relative path",
+                                    actual=problem, detail=_line(entry)))
+        else:
+            safe.append(entry)
+    safe.sort(key=lambda e: e.path)
+    unique: list[ManifestEntry] = []
+    untrusted: set[str] = set()
+    i = 0
+    while i < len(safe):
+        j = i + 1
+        while j < len(safe) and safe[j].path == safe[i].path:
+            j += 1
+        if j - i == 1:
+            unique.append(safe[i])
+        else:
+            group = safe[i:j]
+            digests = {tuple(sorted(e.digests.items())) for e in group}
+            lines = ", ".join(str(e.line) for e in group if e.line is not None)
+            untrusted.add(safe[i].path)
+            findings.append(Finding(
+                FindingKind.DUPLICATE_ENTRY, safe[i].path, expected="listed once",
+                actual=f"listed {len(group)} times" + (" with different digests" if len(digests) > 1 else ""),
+                detail=f"lines {lines}" if lines else None))
+        i = j
+    return Manifest(format=manifest_format, location=location, entries=unique, findings=findings,
+                    untrusted=untrusted, **kwargs)
+
+
+def _line(entry: ManifestEntry) -> str | None:
+    return f"line {entry.line}" if entry.line is not None else None
+
+
+class DigestingReader:
+    """Reads a manifest stream line by line with bounded memory, hashing its bytes as it goes."""
+
+    def __init__(self, stream: Any, chunk: int = 1 << 16):
+        self._stream = stream
+        self._chunk = chunk
+        self._buf = b""
+        self._eof = False
+        self.sha256 = hashlib.sha256()
+        self.total = 0
+
+    def _fill(self) -> bool:
+        data = self._stream.read(self._chunk)
+        if not data:
+            self._eof = True
+            return False
+        self.sha256.update(data)
+        self.total += len(data)
+        self._buf += data
+        return True
+
+    def lines(self) -> Any:
+        """Yield (line_number, bytes_or_None): None for a line longer than MAX_LINE (skipped)."""
+        number = 0
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                number += 1
+                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                yield number, line
+                continue
+            if self._eof:
+                if self._buf:
+                    number += 1
+                    yield number, self._buf
+                    self._buf = b""
+                return
+            if len(self._buf) > MAX_LINE:
+                # Discard until the end of this line; report it once.
+                number += 1
+                self._buf = b""
+                while True:
+                    if not self._fill():
+                        break
+                    nl = self._buf.find(b"\n")
+                    if nl >= 0:
+                        self._buf = self._buf[nl + 1:]
+                        break
+                    self._buf = b""
+                yield number, None
+                continue
+            self._fill()

@@ -1,0 +1,1 @@
+"""Alembic environment of the history database (see `reversib.history.History.ensure_schema`)."""

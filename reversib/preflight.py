@@ -1,0 +1,35 @@
+"""`check-config --connect`: open every source and manifest once, to test places and credentials."""
+
+from __future__ import annotations
+
+from reversib.config import CheckConfig, Settings
+from reversib.manifests import ManifestNotFound, find_manifest, load_manifest
+from reversib.manifests.base import ManifestError
+from reversib.sources import open_source
+from reversib.sources.base import SourceError
+
+
+def connect_one(check: CheckConfig) -> str | None:
+    """None when the source lists and the manifest parses; else what went wrong (no secrets)."""
+    try:
+        with open_source(check.source.url) as root:
+            if check.generation is not None:
+                if not root.child_dirs():
+                    return f"{check.check_id}: {root.describe()}: no generation folder yet"
+                return None
+            next(iter(root.iter_entries()), None)
+            m = check.manifest
+            if m.path is not None:
+                load_manifest(root, m.path, m.format)
+            elif m.location is None:
+                found = find_manifest(root)
+                if found is None:
+                    return f"{check.check_id}: no manifest found at the root of {root.describe()}"
+                load_manifest(root, found, m.format)
+    except (SourceError, ManifestNotFound, ManifestError, OSError) as exc:
+        return f"{check.check_id}: {exc}"
+    return None
+
+
+def connect_all(settings: Settings) -> list[str]:
+    return [p for p in (connect_one(c) for c in settings.checks) if p is not None]

@@ -1,0 +1,240 @@
+"""Run one check: the single function that the CLI (`verify-now`) and the daemon both call.
+
+The run is recorded as `running` in the history before any work starts, and finished after,
+whatever happens: a crash leaves a `running` row that `History.reap_dead_runs` later marks
+`interrupted`; a cancellation is recorded `interrupted`; reversib's own bug is recorded as outcome
+`error` with its message (never as a pass) and logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from reversib.config import CheckConfig
+from reversib.manifests import ManifestNotFound, find_manifest, load_manifest
+from reversib.manifests.base import Manifest, ManifestError
+from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, Severity, Trigger, decide_outcome
+from reversib.sources import open_source, scheme_of
+from reversib.sources.base import Cancelled, CancelToken, RateLimiter, Source, SourceError
+from reversib.verify import VerifyOptions, VerifyReport, verify
+
+if TYPE_CHECKING:
+    from reversib.history import EntryRecord, History
+
+log = logging.getLogger("reversib.runner")
+
+
+class ProgressHook(Protocol):
+    def start(self, check: str, total_bytes: int | None, total_files: int) -> None: ...
+    def advance(self, nbytes: int, nfiles: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Deferred(Exception):
+    reason: str
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigger.CLI,
+              scheduled_for: float | None = None, clock: Callable[[], float] = time.time,
+              cancel: CancelToken | None = None, progress: ProgressHook | None = None) -> RunResult:
+    """Run `check` once, record it in `history`, return the result."""
+    cancel = cancel or CancelToken()
+    manifest_place = check.manifest.path or check.manifest.location
+    run_id = history.start_run(check_id=check.check_id, check_name=check.name, trigger=trigger.value,
+                               scheduled_for=scheduled_for, labels=check.labels, source=check.source.url,
+                               manifest=manifest_place)
+    started = clock()
+    result = RunResult(check_id=check.check_id, check_name=check.name, run_id=run_id, outcome=Outcome.ERROR,
+                       started_at=started, source=check.source.url, manifest=manifest_place,
+                       labels=dict(check.labels))
+    report: VerifyReport | None = None
+    deferred = False
+    interrupt: BaseException | None = None
+    try:
+        report = _execute(check, result, clock, cancel, progress)
+    except _Deferred as exc:
+        deferred = True
+        result.error = None
+        result.findings.append(Finding(FindingKind.INCOMPLETE_DELIVERY, None, expected="a complete delivery",
+                                       actual=exc.reason, severity=Severity.INFO))
+    except SourceError as exc:
+        result.error = str(exc)
+        result.findings.append(Finding(FindingKind.SOURCE_ERROR, None, expected="a reachable source",
+                                       actual=str(exc)))
+    except (Cancelled, KeyboardInterrupt) as exc:
+        result.state = RunState.INTERRUPTED
+        result.error = f"interrupted: {exc or 'signal'}"
+        interrupt = exc
+    except Exception as exc:  # reversib's own failure: recorded, never a pass
+        log.exception("internal error while running check %s", check.check_id)
+        result.error = f"internal error: {type(exc).__name__}: {exc}"
+    finally:
+        if progress is not None:
+            progress.close()
+    result.findings.sort(key=Finding.sort_key)
+    if result.state is RunState.INTERRUPTED:
+        result.outcome = Outcome.ERROR
+    else:
+        result.outcome = decide_outcome(result.findings, error=result.error, deferred=deferred)
+    result.finished_at = clock()
+    result.duration_seconds = max(0.0, result.finished_at - started)
+    history.finish_run(result, _entry_records(report))
+    log.info("run finished", extra={"event": "run", "check": check.check_id, "run_id": run_id,
+                                    "outcome": result.outcome.value, "counts": result.counts,
+                                    "duration_seconds": round(result.duration_seconds, 3)})
+    if isinstance(interrupt, KeyboardInterrupt):
+        raise interrupt
+    return result
+
+
+def _entry_records(report: VerifyReport | None) -> list[EntryRecord]:
+    if report is None:
+        return []
+    from reversib.history import EntryRecord
+
+    return [EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at) for v in report.verified]
+
+
+def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], cancel: CancelToken,
+             progress: ProgressHook | None) -> VerifyReport | None:
+    now = clock()
+    limiter = RateLimiter(check.source.rate_limit)
+    root = open_source(check.source.url, cancel=cancel, limiter=limiter)
+    export: Source = root
+    try:
+        past_deadline = False
+        if check.generation is not None:
+            from reversib.generation import select
+
+            choice = select(root.child_dirs(), check.generation, check.expect, check.tz, now)
+            result.findings.extend(choice.findings)
+            if choice.name is None:
+                return None
+            export = root.sub(choice.name)
+            result.generation = choice.name
+            past_deadline = choice.past_deadline
+        deferrable = check.expect.deadline is not None and not past_deadline
+        own: set[str] = set()
+        marker = check.completion.marker
+        if marker:
+            own.add(marker)
+            if export.stat(marker) is None:
+                if deferrable or check.expect.deadline is None:
+                    raise _Deferred(f"completion marker {marker!r} not there yet")
+                result.findings.append(Finding(FindingKind.INCOMPLETE_DELIVERY, marker, expected="completion marker",
+                                               actual="absent after the deadline"))
+        manifest = _load_manifest(check, export, result, deferrable)
+        if manifest is None:
+            return None
+        result.manifest_digest = manifest.digest
+        result.manifest_entries = len(manifest.entries)
+        if progress is not None:
+            sizes = [e.size for e in manifest.entries]
+            total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
+            progress.start(check.name, total, len(manifest.entries))
+        fx = check.fixity
+        options = VerifyOptions(fixity=fx.enabled, algorithms=fx.algorithms, parallelism=fx.parallelism,
+                                require_tier=fx.require_tier, ignore=tuple(check.ignore),
+                                allow_unexpected=check.allow_unexpected, own_paths=frozenset(own))
+        report = verify(export, manifest, options, clock=clock,
+                        progress=progress.advance if progress is not None else None)
+        result.findings.extend(report.findings)
+        for name in ("tiers", "bytes_verified", "files_verified", "files_listed", "bytes_listed", "newest_mtime"):
+            setattr(result, name, getattr(report, name))
+        result.findings.extend(_expectations(check, manifest, report, now))
+        return report
+    finally:
+        export.close()
+        root.close()
+
+
+def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferrable: bool) -> Manifest | None:
+    m = check.manifest
+    place: str
+    try:
+        if m.path is not None:
+            src, path, place = export, m.path.removeprefix("./"), m.path
+        elif m.location is not None:
+            inside = export.relative(m.location)
+            if inside is not None:
+                src, path, place = export, inside, m.location
+            else:
+                src, path = _external(m.location, export)
+                place = m.location
+        else:
+            found = find_manifest(export)
+            if found is None:
+                raise ManifestNotFound(f"no manifest found at the root of {export.describe()} "
+                                       "(looked for bagit.txt, reversib-manifest.json, manifest.json, SHA256SUMS, "
+                                       "SHA512SUMS, MD5SUMS, B2SUMS, *.sha256 ...): set manifest.path")
+            src, path, place = export, found, found or "(bag)"
+        result.manifest = place
+        return load_manifest(src, path, m.format)
+    except ManifestNotFound as exc:
+        if deferrable:
+            raise _Deferred(f"manifest not there yet: {exc}") from exc
+        result.findings.append(Finding(FindingKind.MANIFEST_MISSING, result.manifest, expected="a manifest",
+                                       actual=str(exc)))
+    except ManifestError as exc:
+        result.findings.append(Finding(FindingKind.MANIFEST_INVALID, result.manifest, expected="a valid manifest",
+                                       actual=str(exc)))
+    return None
+
+
+def _external(location: str, export: Source) -> tuple[Source, str]:
+    """A manifest outside the export: a source rooted at its folder, and its name."""
+    if scheme_of(location) == "file":
+
+        from reversib.sources.local import LocalSource, path_from_url
+
+        p = path_from_url(location)
+        if p.is_dir():
+            return LocalSource(p, cancel=export.cancel), ""
+        return LocalSource(p.parent, cancel=export.cancel), p.name
+    parent, _, name = location.rstrip("/").rpartition("/")
+    return open_source(parent, cancel=export.cancel), name
+
+
+_PAYLOAD_KINDS = frozenset({FindingKind.MISSING, FindingKind.UNEXPECTED, FindingKind.SIZE_MISMATCH,
+                            FindingKind.DIGEST_MISMATCH, FindingKind.UNREADABLE, FindingKind.UNSAFE_PATH,
+                            FindingKind.NAME_NORMALIZATION})
+
+
+def _expectations(check: CheckConfig, manifest: Manifest, report: VerifyReport, now: float) -> list[Finding]:
+    out: list[Finding] = []
+    e = check.expect
+    min_files = max(x for x in (e.min_files, manifest.expect.get("min_files"), 0) if x is not None)
+    min_bytes = max(x for x in (e.min_bytes, manifest.expect.get("min_bytes"), 0) if x is not None)
+    if min_files and report.files_listed < min_files:
+        out.append(Finding(FindingKind.TOO_SMALL, None, expected=f">= {min_files} files",
+                           actual=f"{report.files_listed} files"))
+    if min_bytes and report.bytes_listed < min_bytes:
+        out.append(Finding(FindingKind.TOO_SMALL, None, expected=f">= {min_bytes} bytes",
+                           actual=f"{report.bytes_listed} bytes"))
+    oxum = manifest.expect.get("payload_oxum")
+    scope = manifest.unexpected_scope or ""
+    explained = any(f.kind in _PAYLOAD_KINDS and (f.path or "").startswith(scope) for f in report.findings)
+    if oxum is not None and not explained:  # one fault, one finding: a payload finding already says it
+        obytes, ofiles = oxum
+        if (obytes, ofiles) != (report.scope_bytes, report.scope_files):
+            out.append(Finding(FindingKind.OXUM_MISMATCH, None, expected=f"{obytes}.{ofiles}",
+                               actual=f"{report.scope_bytes}.{report.scope_files}"))
+    if e.max_age is not None:
+        limit = now - e.max_age
+        if report.newest_mtime is None:
+            out.append(Finding(FindingKind.STALE, None, expected=f"a file newer than {_iso(limit)}",
+                               actual="no files"))
+        elif report.newest_mtime < limit:
+            out.append(Finding(FindingKind.STALE, None, expected=f"newest file after {_iso(limit)}",
+                               actual=f"newest file {_iso(report.newest_mtime)}"))
+    return out
