@@ -93,6 +93,44 @@ class Sample:
     returncode: int
     stdout: str
     stderr: str
+    cpu_s: float = 0.0  # user + system time of the tool (and the launcher)
+    others_cpu_s: float = 0.0  # CPU time other processes of the machine used meanwhile (/proc/stat)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def busy_cpu_s() -> float | None:
+    """CPU time all processes of the machine have used since boot (/proc/stat), None if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        v = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / _CLK_TCK
+
+
+def others_busy(window: float = 0.3) -> float | None:
+    """How many CPUs other processes keep busy right now (the harness sleeps meanwhile)."""
+    b0 = busy_cpu_s()
+    time.sleep(window)
+    b1 = busy_cpu_s()
+    return None if b0 is None or b1 is None else (b1 - b0) / window
+
+
+def wait_idle(limit_s: float, threshold: float = 0.3) -> float | None:
+    """Wait (up to limit_s) until other processes use less than `threshold` CPUs; return the last load."""
+    deadline = time.monotonic() + limit_s
+    said = False
+    while True:
+        load = others_busy()
+        if load is None or load < threshold or time.monotonic() >= deadline:
+            return load
+        if not said:
+            log(f"  machine busy (others use {load:.2f} CPUs): waiting up to {limit_s:.0f} s for it to settle")
+            said = True
+        time.sleep(0.5)
 
 
 class Runner:
@@ -144,6 +182,7 @@ class Runner:
             argv = [sys.executable, "-S", "-I", "-c", _PY_LAUNCHER, str(rss_file), *cmd]
         timed_out = threading.Event()
         with open(out_file, "wb") as fo, open(err_file, "wb") as fe:
+            busy0 = busy_cpu_s()
             t0 = time.perf_counter()
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
                                     start_new_session=True)
@@ -156,10 +195,13 @@ class Runner:
             timer = threading.Timer(self.timeout, kill)
             timer.start()
             try:
-                _, status, _ = os.wait4(proc.pid, 0)
+                _, status, ru = os.wait4(proc.pid, 0)
             finally:
                 timer.cancel()
             wall = time.perf_counter() - t0
+            busy1 = busy_cpu_s()
+        cpu = ru.ru_utime + ru.ru_stime
+        others = max(0.0, busy1 - busy0 - cpu) if busy0 is not None and busy1 is not None else 0.0
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout = out_file.read_text(errors="replace")
         stderr = err_file.read_text(errors="replace")
@@ -175,7 +217,7 @@ class Runner:
             f.unlink(missing_ok=True)
         if timed_out.is_set():
             raise BenchError(f"{shlex.join(cmd)}: timed out after {self.timeout:.0f} s")
-        return Sample(wall, maxrss, proc.returncode, stdout, stderr)
+        return Sample(wall, maxrss, proc.returncode, stdout, stderr, cpu, others)
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -199,6 +241,8 @@ def measure(ctx: Context, tools: Sequence[Tool]) -> dict[str, list[Sample]]:
     samples: dict[str, list[Sample]] = {t.name: [] for t in tools}
     for rep in range(ctx.repeat):
         for tool in tools:
+            if ctx.wait_idle > 0:
+                wait_idle(ctx.wait_idle)
             rep_dir = Path(tempfile.mkdtemp(prefix=f"rep-{rep}-", dir=ctx.scratch))
             try:
                 argv = tool.argv(rep_dir)
@@ -210,7 +254,7 @@ def measure(ctx: Context, tools: Sequence[Tool]) -> dict[str, list[Sample]]:
                 raise BenchError(f"{tool.name} did not verify correctly: {problem}\n  command: {shlex.join(argv)}\n"
                                  f"  stderr: {_tail(sample.stderr)}\n  stdout: {_tail(sample.stdout, 3)}")
             log(f"  {tool.name:<22} rep {rep + 1}/{ctx.repeat}: {sample.wall_s:8.3f} s  "
-                f"{sample.maxrss_kib / KiB:7.1f} MB")
+                f"{sample.maxrss_kib / KiB:7.1f} MB  cpu {sample.cpu_s:7.2f} s  others {sample.others_cpu_s:6.2f} s")
             samples[tool.name].append(sample)
     return samples
 
@@ -233,6 +277,8 @@ class Row:
     ratio: float | None  # wall_s / anchor's wall_s
     files: int | None = None
     bytes: int | None = None
+    cpu_s: float = 0.0  # median user+system time
+    others_cpus: float = 0.0  # CPUs other processes kept busy during this tool's runs (0 = idle machine)
     command: str = ""
     targets: list[str] = field(default_factory=list)  # "T1 PASS"...
 
@@ -269,8 +315,10 @@ def make_rows(suite: str, case: str, tools: Sequence[Tool], samples: dict[str, l
             rate = nbytes / wall / 1e6
         elif rate_unit == "files/s" and files:
             rate = files / wall
+        others = sum(s.others_cpu_s for s in got) / max(1e-9, sum(s.wall_s for s in got))
         rows.append(Row(suite, case, tool.name, wall, [round(s.wall_s, 6) for s in got], rate, rate_unit,
                         max(s.maxrss_kib for s in got) / KiB, anchor, wall / anchor_wall, files, nbytes,
+                        round(statistics.median(s.cpu_s for s in got), 3), round(others, 3),
                         (commands or {}).get(tool.name, "")))
     return rows
 
@@ -344,6 +392,7 @@ class Context:
     keep_data: bool
     tools: Tools
     env: dict[str, str]
+    wait_idle: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -832,6 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list suites and cases, then exit")
     p.add_argument("--reversib", metavar="PATH", help="the reversib executable (default: next to this Python)")
     p.add_argument("--timeout", type=float, default=3600, metavar="S", help="per tool run (default 3600 s)")
+    p.add_argument("--wait-idle", type=float, default=30, metavar="S",
+                   help="before each run, wait up to S s for other processes to use < 0.3 CPUs (default 30; "
+                        "0 = never; always 0 with --smoke)")
     return p
 
 
@@ -880,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scratch = Path(tmp)
         data_dir = scratch / "data" if args.smoke else args.data_dir.absolute()
         ctx = Context(Runner(scratch, args.timeout), 1 if args.smoke else args.repeat, data_dir, scratch,
-                      args.smoke, args.keep_data, tools, env)
+                      args.smoke, args.keep_data, tools, env, 0.0 if args.smoke else args.wait_idle)
         meta = _meta(ctx, args)
         result = SuiteResult()
         failure: str | None = None
@@ -892,6 +944,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failure = f"suite {suite.name}: {exc}"
                 break
             result.rows += got.rows
+            if not ctx.smoke:
+                result.notes += noise_notes(got.rows)
             result.targets += got.targets
             result.notes += got.notes
             result.datasets += got.datasets
@@ -902,6 +956,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.strict and not args.smoke and any(t.status == "FAIL" for t in result.targets):
         return EXIT_TARGETS
     return EXIT_OK
+
+
+NOISY = 0.2  # CPUs used by other processes during a row's runs above which the row is flagged
+
+
+def noise_notes(rows: Sequence[Row]) -> list[str]:
+    return [f"noisy: {r.suite}/{r.case} {r.tool}: other processes kept {r.others_cpus:.2f} CPUs busy on average "
+            "during its runs (machine not idle: its wall time is pessimistic)" for r in rows
+            if r.others_cpus > NOISY and sum(r.walls_s) >= 0.5]  # /proc/stat ticks are 10 ms: short runs can't tell
 
 
 def report(meta: dict[str, Any], result: SuiteResult, failure: str | None, args: argparse.Namespace) -> None:

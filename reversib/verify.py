@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from reversib import digests
 from reversib.globs import GlobSet
@@ -59,6 +59,7 @@ class VerifyReport:
     scope_files: int = 0  # listed files below manifest.unexpected_scope (BagIt payload)
     scope_bytes: int = 0
     newest_mtime: float | None = None
+    helper_files: int = 0  # files hashed by the helper process (see _Dispatcher)
 
 
 Progress = Callable[[int, int], None]  # (bytes, files) done since the last call
@@ -86,6 +87,7 @@ class Verifier:
         self.own = set(manifest.own_paths) | set(options.own_paths)
         self.report = VerifyReport()
         self._local = threading.local()
+        self._choice: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     # -- completeness -----------------------------------------------------------------
     def run(self) -> VerifyReport:
@@ -94,55 +96,38 @@ class Verifier:
         missing: list[ManifestEntry] = []
         unexpected: list[Entry] = []
         entries = self.manifest.entries
+        n = len(entries)
         i = 0
-        latency_bound = self.source.capabilities.latency_bound
-        workers = max(1, self.options.parallelism)
-        pending: deque[Future[_Outcome]] = deque()
         scope = self.manifest.unexpected_scope
+        untrusted = self.manifest.untrusted
         prev: str | None = None
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reversib-verify") as pool:
-            try:
-                for e in self.source.iter_entries():
-                    if prev is not None and e.path <= prev:
-                        raise RuntimeError(f"source {self.source.describe()} listed {e.path!r} after {prev!r}: "
-                                           "not in canonical order (a bug in the source backend)")
-                    prev = e.path
-                    own = e.path in self.own  # verified if listed, never unexpected, not payload
-                    if not own:
-                        self._count_listed(e, scope)
-                    while i < len(entries) and entries[i].path < e.path:
-                        missing.append(entries[i])
-                        i += 1
-                    if i < len(entries) and entries[i].path == e.path:
-                        m = entries[i]
-                        i += 1
-                        task = self._task(m, e)
-                        if task is None:
-                            continue
-                        size = e.size or 0
-                        if latency_bound or size > INLINE_MAX:
-                            pending.append(pool.submit(task))
-                            while len(pending) >= workers * 2:
-                                self._collect(pending.popleft().result())
-                            while pending and pending[0].done():
-                                self._collect(pending.popleft().result())
-                        else:
-                            self._collect(task())
-                    elif own or e.path in self.manifest.untrusted:
-                        continue
-                    elif e.problem is not None and e.type is EntryType.SYMLINK:
-                        r.findings.append(Finding(FindingKind.UNSAFE_PATH, e.path, expected="a regular file",
-                                                  actual=e.problem))
-                    elif (scope is None or e.path.startswith(scope)) and not self.ignore.match(e.path):
-                        unexpected.append(e)
-                missing.extend(entries[i:])
-                while pending:
-                    self._collect(pending.popleft().result())
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                self.source.cancel.cancel("verification aborted")
-                raise
+        with _Dispatcher(self) as dispatch:
+            for e in self.source.iter_entries():
+                path = e.path
+                if prev is not None and path <= prev:
+                    raise RuntimeError(f"source {self.source.describe()} listed {path!r} after {prev!r}: "
+                                       "not in canonical order (a bug in the source backend)")
+                prev = path
+                own = path in self.own  # verified if listed, never unexpected, not payload
+                if not own:
+                    self._count_listed(e, scope)
+                while i < n and entries[i].path < path:
+                    missing.append(entries[i])
+                    i += 1
+                if i < n and entries[i].path == path:
+                    m = entries[i]
+                    i += 1
+                    algorithms = self._plan(m, e)
+                    if algorithms:
+                        dispatch.submit(m, e, algorithms)
+                elif own or path in untrusted:
+                    continue
+                elif e.problem is not None and e.type is EntryType.SYMLINK:
+                    r.findings.append(Finding(FindingKind.UNSAFE_PATH, path, expected="a regular file",
+                                              actual=e.problem))
+                elif (scope is None or path.startswith(scope)) and not self.ignore.match(path):
+                    unexpected.append(e)
+            missing.extend(entries[i:])
         self._completeness_findings(missing, unexpected)
         r.findings.sort(key=Finding.sort_key)
         return r
@@ -187,22 +172,24 @@ class Verifier:
                                     actual=f"size {e.size}" if e.size is not None else "present", severity=severity))
 
     # -- fixity -------------------------------------------------------------------------
-    def _task(self, m: ManifestEntry, e: Entry) -> Callable[[], _Outcome] | None:
-        """Decide, for one matched pair, what to do; returns the work to run (or records the
-        result directly when no read is needed)."""
+    def _plan(self, m: ManifestEntry, e: Entry) -> tuple[str, ...]:
+        """For one matched pair: record what needs no read, or return the algorithms to compute."""
         r = self.report
         if e.problem is not None:
             kind = FindingKind.UNSAFE_PATH if e.type is EntryType.SYMLINK else FindingKind.UNREADABLE
             r.findings.append(Finding(kind, m.path, expected=_expected_text(m), actual=e.problem))
-            return None
+            return ()
         if m.size is not None and e.size is not None and m.size != e.size:
             r.findings.append(Finding(FindingKind.SIZE_MISMATCH, m.path, expected=str(m.size), actual=str(e.size)))
-            return None
-        algorithms = digests.choose(m.digests, self.options.algorithms)
+            return ()
+        key = tuple(m.digests)
+        algorithms = self._choice.get(key)
+        if algorithms is None:
+            algorithms = self._choice[key] = tuple(digests.choose(key, self.options.algorithms))
         if not self.options.fixity or not algorithms:
             self._collect(_Outcome(Verified(m.path, e.size, {}, Tier.SIZE_ONLY, self.clock()), None, 0))
-            return None
-        return lambda: self._download(m, e, algorithms)
+            return ()
+        return algorithms
 
     def _buffer(self) -> bytearray:
         buf: bytearray | None = getattr(self._local, "buf", None)
@@ -210,27 +197,34 @@ class Verifier:
             buf = self._local.buf = bytearray(digests.CHUNK)
         return buf
 
-    def _download(self, m: ManifestEntry, e: Entry, algorithms: list[str]) -> _Outcome:
+    def _download(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> _Outcome:
         try:
             with self.source.open_range(m.path) as stream:
-                got, nbytes = digests.hash_stream(stream, algorithms, self._buffer())
+                got, nbytes = digests.hash_stream(stream, list(algorithms), self._buffer())
         except Cancelled:
             raise
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            return self._judge(m, e, None, 0, exc.strerror or str(exc))
+        return self._judge(m, e, got, nbytes, None)
+
+    def _judge(self, m: ManifestEntry, e: Entry, got: dict[str, str] | None, nbytes: int,
+               error: str | None) -> _Outcome:
+        """Turn what a read produced into a verified entry and/or a finding."""
+        if got is None:
             return _Outcome(None, Finding(FindingKind.UNREADABLE, m.path, expected=_expected_text(m),
-                                          actual=f"read failed: {reason}"), 0)
+                                          actual=f"read failed: {error}"), 0)
         size = e.size if e.size is not None else m.size
         if size is not None and nbytes != size:
             return _Outcome(None, Finding(FindingKind.UNREADABLE, m.path, expected=f"{size} bytes",
                                           actual=f"{nbytes} bytes read (file changed or was cut while reading)"),
                             nbytes)
         verified = Verified(m.path, nbytes, got, Tier.DOWNLOADED, self.clock())
-        bad = {a: h for a, h in got.items() if m.digests.get(a) != h}
+        expected = m.digests
+        bad = [a for a, h in got.items() if expected.get(a) != h]
         if bad:
             return _Outcome(verified, Finding(FindingKind.DIGEST_MISMATCH, m.path,
-                                              expected=_short({a: m.digests[a] for a in bad}),
-                                              actual=_short(bad)), nbytes)
+                                              expected=_short({a: expected[a] for a in bad}),
+                                              actual=_short({a: got[a] for a in bad})), nbytes)
         return _Outcome(verified, None, nbytes)
 
     def _collect(self, outcome: _Outcome) -> None:
@@ -240,7 +234,8 @@ class Verifier:
         v = outcome.verified
         if v is not None:
             r.verified.append(v)
-            r.tiers[v.tier.value] = r.tiers.get(v.tier.value, 0) + 1
+            tier = v.tier.value
+            r.tiers[tier] = r.tiers.get(tier, 0) + 1
             r.files_verified += 1
             r.bytes_verified += outcome.nbytes
             req = self.options.require_tier
@@ -249,6 +244,100 @@ class Verifier:
                                           actual=v.tier.value))
         if self.progress is not None:
             self.progress(outcome.nbytes, 1)
+
+
+class _Dispatcher:
+    """Where each read runs, so that both cores work and memory stays bounded.
+
+    * large files, and every file of a latency-bound source: a thread pool (reads and hashlib
+      release the GIL on large buffers; network waits overlap);
+    * small local files: inline in this thread, and -- once there are enough of them to pay for
+      it -- in batches to one helper process (`reversib.hashworker`), so two cores hash at once.
+    Results are always collected in this thread; at most a few tasks and batches are in flight.
+    """
+
+    BATCH_FILES = 256
+    BATCH_BYTES = 16 << 20
+    MIN_FILES_FOR_PROCESS = 2000
+
+    def __init__(self, v: Verifier):
+        self.v = v
+        self.workers = max(1, v.options.parallelism)
+        self.latency_bound = v.source.capabilities.latency_bound
+        self.threads: ThreadPoolExecutor | None = None
+        self.pending: deque[Future[_Outcome]] = deque()
+        self.root = v.source.process_root() if self.workers > 1 and not self.latency_bound else None
+        self.use_process = self.root is not None and len(v.manifest.entries) >= self.MIN_FILES_FOR_PROCESS
+        self.processes: Any = None
+        self.batches: deque[tuple[Future[list[Any]], dict[str, tuple[ManifestEntry, Entry]]]] = deque()
+        self.batch: list[tuple[str, tuple[str, ...]]] = []
+        self.batch_pairs: dict[str, tuple[ManifestEntry, Entry]] = {}
+        self.batch_bytes = 0
+
+    def __enter__(self) -> _Dispatcher:
+        return self
+
+    def submit(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> None:
+        v = self.v
+        size = e.size or 0
+        if self.latency_bound or size > INLINE_MAX:
+            if self.threads is None:
+                self.threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reversib-verify")
+            self.pending.append(self.threads.submit(v._download, m, e, algorithms))
+            while len(self.pending) >= self.workers * 2:
+                v._collect(self.pending.popleft().result())
+        elif self.use_process and len(self.batches) < 2:
+            self.batch.append((m.path, algorithms))
+            self.batch_pairs[m.path] = (m, e)
+            self.batch_bytes += size
+            if len(self.batch) >= self.BATCH_FILES or self.batch_bytes >= self.BATCH_BYTES:
+                self._send_batch()
+        else:
+            v._collect(v._download(m, e, algorithms))
+        self._drain(block=False)
+
+    def _send_batch(self) -> None:
+        if not self.batch:
+            return
+        if self.processes is None:
+            from reversib.hashworker import HelperProcess
+
+            self.processes = HelperProcess()
+        assert self.root is not None
+        future = self.processes.submit(self.root, self.batch)
+        self.v.report.helper_files += len(self.batch)
+        self.batches.append((future, self.batch_pairs))
+        self.batch, self.batch_pairs, self.batch_bytes = [], {}, 0
+
+    def _drain(self, block: bool) -> None:
+        v = self.v
+        while self.pending and (block or self.pending[0].done()):
+            v._collect(self.pending.popleft().result())
+        while self.batches and (block or self.batches[0][0].done()):
+            future, pairs = self.batches.popleft()
+            for path, got, nbytes, error in future.result():
+                m, e = pairs[path]
+                v._collect(v._judge(m, e, got, nbytes, error))
+            v.source.cancel.check()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                # Files still waiting for a batch are hashed here rather than in a new batch.
+                for path, algorithms in self.batch:
+                    m, e = self.batch_pairs[path]
+                    self.v._collect(self.v._download(m, e, algorithms))
+                self.batch = []
+                self._drain(block=True)
+            else:
+                self.v.source.cancel.cancel("verification aborted")
+        finally:
+            for f in self.pending:
+                f.cancel()
+            if self.threads is not None:
+                self.threads.shutdown(wait=True, cancel_futures=True)
+            if self.processes is not None:
+                self.processes.close(kill=exc_type is not None)
 
 
 def _expected_text(m: ManifestEntry) -> str:

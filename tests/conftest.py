@@ -33,7 +33,7 @@ def pg_admin() -> Iterator[sa.Engine]:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        require_service("PostgreSQL", f"not reachable at {PG_HOST}:{PG_PORT}: {exc.orig}")
+        require_service("PostgreSQL", f"not reachable at {PG_HOST}:{PG_PORT}: {' '.join(str(exc.orig).split())}")
     yield engine
     engine.dispose()
 

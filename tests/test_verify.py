@@ -178,3 +178,30 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
                              capture_output=True, text=True).stdout
         rss.append(int(out.strip()))
     assert rss[1] < rss[0] + 8 * 1024, f"peak RSS grew from {rss[0]} KiB to {rss[1]} KiB"
+
+
+def test_many_small_files_use_the_helper_process_and_agree(tmp_path: Path) -> None:
+    """Above MIN_FILES_FOR_PROCESS small files, batches go to `reversib.hashworker`: same verdict."""
+    from reversib.verify import _Dispatcher
+
+    count = _Dispatcher.MIN_FILES_FOR_PROCESS + 500
+    files = {f"d{i // 100:02d}/f{i:04d}.bin": os.urandom(64 + i % 50) for i in range(count)}
+    root = make_export(tmp_path / "x", files)
+    manifest = manifest_for(files, sizes=False)
+    names = sorted(files)
+    (root / names[10]).write_bytes(b"changed")
+    (root / names[-3]).unlink()
+    os.mkfifo(root / names[-3])
+    (root / names[1000]).unlink()
+    (root / "d99").mkdir()
+    (root / "d99" / "extra").write_bytes(b"x")
+    serial = verify(LocalSource(root), manifest, VerifyOptions(parallelism=1))
+    parallel = verify(LocalSource(root), manifest, VerifyOptions(parallelism=2))
+    expected = sorted([("digest_mismatch", names[10]), ("unreadable", names[-3]), ("missing", names[1000]),
+                       ("unexpected", "d99/extra")])
+    assert sorted((f.kind.value, f.path) for f in serial.findings) == expected
+    assert parallel.findings == serial.findings
+    assert serial.helper_files == 0 and parallel.helper_files > 0
+    assert parallel.files_verified == serial.files_verified == len(files) - 2
+    assert sorted(parallel.verified) != [] and \
+        {v.path: v.digests for v in parallel.verified} == {v.path: v.digests for v in serial.verified}

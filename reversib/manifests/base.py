@@ -10,6 +10,7 @@ when the manifest as a whole cannot be read or understood (unreadable, empty, no
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from reversib.model import Finding, FindingKind
 
 MAX_LINE = 64 * 1024  # bytes; a longer manifest line is reported, never held in memory whole
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
 
 
 class ManifestError(Exception):
@@ -62,7 +66,7 @@ def path_problem(path: str) -> str | None:
         return "empty path"
     if "\x00" in path:
         return "NUL character in path"
-    if any((ord(c) < 0x20 and c not in "\t\n") or 0x7F <= ord(c) < 0xA0 for c in path):
+    if _CONTROL.search(path):
         return "control character in path"
     if path.startswith("/"):
         return "absolute path"
@@ -152,15 +156,20 @@ class DigestingReader:
         return True
 
     def lines(self) -> Any:
-        """Yield (line_number, bytes_or_None): None for a line longer than MAX_LINE (skipped)."""
+        """Yield (line_number, bytes_or_None): None for a line longer than MAX_LINE (skipped).
+
+        Lines are cut from the buffer by offset (no per-line copy of the rest of the buffer)."""
         number = 0
+        pos = 0
         while True:
-            nl = self._buf.find(b"\n")
+            nl = self._buf.find(b"\n", pos)
             if nl >= 0:
                 number += 1
-                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
-                yield number, line
+                yield number, self._buf[pos:nl]
+                pos = nl + 1
                 continue
+            self._buf = self._buf[pos:]
+            pos = 0
             if self._eof:
                 if self._buf:
                     number += 1

@@ -142,6 +142,11 @@ class Source(ABC):
         """The path of `location` (a URL or path) inside this source, or None if it is elsewhere."""
         return None
 
+    def process_root(self) -> str | None:
+        """A local folder that a helper process may reopen as a `LocalSource` to share the hashing
+        of many small files, or None when this source cannot be shared across processes."""
+        return None
+
     def describe(self) -> str:
         """The source's place for messages: never contains a secret."""
         return self.url

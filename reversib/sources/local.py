@@ -8,6 +8,7 @@ bytes are kept with Python's `surrogateescape`).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ class LocalSource(Source):
         super().__init__(str(url), cancel=cancel, limiter=limiter)
         self.root = path_from_url(str(url)).absolute()
         self._real_root: str | None = None
+        self._dirs: dict[str, str] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -118,12 +120,35 @@ class LocalSource(Source):
             return Entry(path, None, st.st_mtime, EntryType.OTHER, problem="a directory")
         return self._entry(path, full, st)
 
+    def _real_dir(self, rel_dir: str) -> str:
+        """The resolved folder of a relative path, checked to be inside the root (cached)."""
+        real = self._dirs.get(rel_dir)
+        if real is None:
+            real = os.path.realpath(os.path.join(self._root(), rel_dir))
+            if not self._inside(real):
+                raise PermissionError(f"refusing to open below {rel_dir}: it resolves outside the export root")
+            self._dirs[rel_dir] = real
+        return real
+
     def _open_raw(self, path: str, offset: int) -> BinaryIO:
-        full = os.path.join(self._root(), path)
-        real = os.path.realpath(full)
-        if not self._inside(real):
-            raise PermissionError(f"refusing to open {path}: it resolves outside the export root")
-        fd = os.open(real, os.O_RDONLY | _O_NOFOLLOW)
+        rel_dir, _, name = path.rpartition("/")
+        if name in ("", ".", ".."):
+            raise PermissionError(f"refusing to open {path!r}: not a file name")
+        candidate = os.path.join(self._real_dir(rel_dir), name)
+        try:
+            # The folder is resolved and inside the root; the last component must not be a link.
+            fd = os.open(candidate, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            real = os.path.realpath(candidate)  # a symlink: followed only when it stays inside
+            if not self._inside(real):
+                raise PermissionError(f"refusing to open {path}: it resolves outside the export root") from exc
+            fd = os.open(real, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb", buffering=0)
         if offset:
             f.seek(offset)
@@ -138,6 +163,10 @@ class LocalSource(Source):
         if self.root in p.parents:
             return p.relative_to(self.root).as_posix()
         return None
+
+    def process_root(self) -> str | None:
+        # A rate limit is shared by the threads of one process only: keep such runs in-process.
+        return None if self.limiter.rate else str(self.root)
 
     def child_dirs(self) -> list[str]:
         root = self._root()

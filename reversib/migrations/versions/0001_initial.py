@@ -10,6 +10,7 @@ Written by hand, frozen: it must not import the models (they will move on).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -24,7 +25,7 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 PATH = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")  # code point order on PostgreSQL too
 
 
-def _ts(name: str, nullable: bool = True) -> sa.Column[sa.DateTime]:
+def _ts(name: str, nullable: bool = True) -> sa.Column[datetime]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
