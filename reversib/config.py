@@ -22,6 +22,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from reversib.manifests import FORMATS
 from reversib.model import Tier
+from reversib.sources.s3_options import S3Options
+from reversib.sources.sftp_options import SftpOptions
 from reversib.units import parse_duration, parse_size
 
 CONFIG_VERSION = 1
@@ -56,8 +58,18 @@ def _check_tz(value: str) -> str:
 
 
 class SourceConfig(Strict):
-    url: str = Field(description="where the export lives: a path, file://, later s3:// or sftp://")
+    url: str = Field(description="where the export lives: a path, file://, s3://bucket/prefix, sftp://user@host/path")
     rate_limit: Size | None = Field(None, description="maximum bytes per second read from this source")
+    s3: S3Options | None = Field(None, description="options of an s3:// source")
+    sftp: SftpOptions | None = Field(None, description="options of an sftp:// source")
+
+    @model_validator(mode="after")
+    def _options_match_scheme(self) -> SourceConfig:
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else "file"
+        for name in ("s3", "sftp"):
+            if getattr(self, name) is not None and scheme != name:
+                raise ValueError(f"source.{name} options given for a {scheme}:// source")
+        return self
 
 
 class GenerationConfig(Strict):
@@ -140,6 +152,17 @@ class FixityConfig(Strict):
     parallelism: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)), ge=1, le=256,
                              description="files verified at once")
     require_tier: Tier | None = Field(None, description="weakest acceptable tier for every entry")
+    accept: list[Tier] = Field(default_factory=list,
+                               description="tiers accepted instead of a download when the source offers them")
+
+    @field_validator("accept")
+    @classmethod
+    def _accept(cls, v: list[Tier]) -> list[Tier]:
+        allowed = {Tier.STORED_CHECKSUM, Tier.REMOTE_DIGEST}
+        bad = [t.value for t in v if t not in allowed]
+        if bad:
+            raise ValueError(f"fixity.accept takes stored_checksum and/or remote_digest, not {', '.join(bad)}")
+        return v
 
 
 class CompletionConfig(Strict):

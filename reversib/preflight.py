@@ -12,7 +12,7 @@ from reversib.sources.base import SourceError
 def connect_one(check: CheckConfig) -> str | None:
     """None when the source lists and the manifest parses; else what went wrong (no secrets)."""
     try:
-        with open_source(check.source.url) as root:
+        with open_source(check.source.url, check.source) as root:
             if check.generation is not None:
                 if not root.child_dirs():
                     return f"{check.check_id}: {root.describe()}: no generation folder yet"

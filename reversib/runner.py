@@ -109,7 +109,7 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
              progress: ProgressHook | None) -> VerifyReport | None:
     now = clock()
     limiter = RateLimiter(check.source.rate_limit)
-    root = open_source(check.source.url, cancel=cancel, limiter=limiter)
+    root = open_source(check.source.url, check.source, cancel=cancel, limiter=limiter)
     export: Source = root
     try:
         past_deadline = False
@@ -144,7 +144,8 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
             progress.start(check.name, total, len(manifest.entries))
         fx = check.fixity
         options = VerifyOptions(fixity=fx.enabled, algorithms=fx.algorithms, parallelism=fx.parallelism,
-                                require_tier=fx.require_tier, ignore=tuple(check.ignore),
+                                require_tier=fx.require_tier, accept=frozenset(fx.accept),
+                                ignore=tuple(check.ignore),
                                 allow_unexpected=check.allow_unexpected, own_paths=frozenset(own))
         report = verify(export, manifest, options, clock=clock,
                         progress=progress.advance if progress is not None else None)

@@ -32,6 +32,7 @@ class VerifyOptions:
     algorithms: str = "all"  # all | strongest
     parallelism: int = 2
     require_tier: Tier | None = None
+    accept: frozenset[Tier] = frozenset()  # tiers accepted instead of a download, when offered
     ignore: tuple[str, ...] = ()
     allow_unexpected: bool = False
     own_paths: frozenset[str] = frozenset()  # manifest file, completion marker...
@@ -88,6 +89,9 @@ class Verifier:
         self.report = VerifyReport()
         self._local = threading.local()
         self._choice: dict[tuple[str, ...], tuple[str, ...]] = {}
+        offered = source.capabilities.digests_without_download
+        self._cheap_algorithms = frozenset(offered) if options.accept & {Tier.STORED_CHECKSUM, Tier.REMOTE_DIGEST} \
+            else frozenset()
 
     # -- completeness -----------------------------------------------------------------
     def run(self) -> VerifyReport:
@@ -198,6 +202,12 @@ class Verifier:
         return buf
 
     def _download(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> _Outcome:
+        if self._cheap_algorithms:
+            cheap = tuple(a for a in algorithms if a in self._cheap_algorithms)
+            if cheap:
+                outcome = self._without_download(m, e, cheap)
+                if outcome is not None:
+                    return outcome
         try:
             with self.source.open_range(m.path) as stream:
                 got, nbytes = digests.hash_stream(stream, list(algorithms), self._buffer())
@@ -206,6 +216,28 @@ class Verifier:
         except OSError as exc:
             return self._judge(m, e, None, 0, exc.strerror or str(exc))
         return self._judge(m, e, got, nbytes, None)
+
+    def _without_download(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> _Outcome | None:
+        """Compare with digests the source gives without a download; None to fall back to a download."""
+        try:
+            answer = self.source.digests_without_download(e, algorithms)
+        except Cancelled:
+            raise
+        except OSError:
+            return None
+        if answer is None or Tier(answer.tier) not in self.options.accept:
+            return None
+        got = {a: h for a, h in answer.digests.items() if a in m.digests}
+        if not got:
+            return None
+        verified = Verified(m.path, e.size, got, Tier(answer.tier), self.clock())
+        bad = [a for a, h in got.items() if m.digests[a] != h]
+        if bad:
+            return _Outcome(verified, Finding(FindingKind.DIGEST_MISMATCH, m.path,
+                                              expected=_short({a: m.digests[a] for a in bad}),
+                                              actual=_short({a: got[a] for a in bad}),
+                                              detail=f"{answer.tier}: {answer.detail or 'no download'}"), 0)
+        return _Outcome(verified, None, 0)
 
     def _judge(self, m: ManifestEntry, e: Entry, got: dict[str, str] | None, nbytes: int,
                error: str | None) -> _Outcome:
@@ -280,7 +312,7 @@ class _Dispatcher:
     def submit(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> None:
         v = self.v
         size = e.size or 0
-        if self.latency_bound or size > INLINE_MAX:
+        if self.latency_bound or size > INLINE_MAX or v._cheap_algorithms:
             if self.threads is None:
                 self.threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reversib-verify")
             self.pending.append(self.threads.submit(v._download, m, e, algorithms))

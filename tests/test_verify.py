@@ -205,3 +205,46 @@ def test_many_small_files_use_the_helper_process_and_agree(tmp_path: Path) -> No
     assert parallel.files_verified == serial.files_verified == len(files) - 2
     assert sorted(parallel.verified) != [] and \
         {v.path: v.digests for v in parallel.verified} == {v.path: v.digests for v in serial.verified}
+
+
+class _StoredChecksumSource(LocalSource):
+    """A local export whose 'storage' keeps a sha256 per file (as S3 keeps ChecksumSHA256)."""
+
+    def __init__(self, root: Path, stored: dict[str, str]):
+        super().__init__(root)
+        self.stored = stored
+        self.asked: list[str] = []
+
+    @property
+    def capabilities(self):  # type: ignore[override]
+        from reversib.sources.base import Capabilities
+
+        return Capabilities(digests_without_download=frozenset({"sha256"}))
+
+    def digests_without_download(self, entry, algorithms):  # type: ignore[override]
+        from reversib.sources.base import StoredDigests
+
+        self.asked.append(entry.path)
+        digest = self.stored.get(entry.path)
+        return StoredDigests("stored_checksum", {"sha256": digest}, "test storage") if digest else None
+
+
+def test_stored_checksum_tier_only_when_accepted(tmp_path: Path) -> None:
+    root = make_export(tmp_path / "x")
+    stored = {p: sha256(d) for p, d in DEFAULT_FILES.items() if p != "a.txt"}  # a.txt: no stored checksum
+    stored["b/c.csv"] = "f" * 64  # the storage's checksum disagrees with the manifest
+    manifest = manifest_for(DEFAULT_FILES)
+
+    source = _StoredChecksumSource(root, stored)
+    report = verify(source, manifest)  # not accepted: everything downloaded, storage never asked
+    assert report.tiers == {"downloaded": len(DEFAULT_FILES)} and source.asked == [] and report.findings == []
+
+    source = _StoredChecksumSource(root, stored)
+    report = verify(source, manifest, VerifyOptions(accept=frozenset({Tier.STORED_CHECKSUM})))
+    assert report.tiers == {"downloaded": 1, "stored_checksum": len(DEFAULT_FILES) - 1}
+    assert [(f.kind.value, f.path) for f in report.findings] == [("digest_mismatch", "b/c.csv")]
+    assert report.findings[0].detail == "stored_checksum: test storage"
+    assert report.bytes_verified == len(DEFAULT_FILES["a.txt"])  # only a.txt was read
+    report = verify(source, manifest, VerifyOptions(accept=frozenset({Tier.STORED_CHECKSUM}),
+                                                    require_tier=Tier.DOWNLOADED))
+    assert sorted(f.kind.value for f in report.findings) == ["digest_mismatch"] + ["tier_insufficient"] * 3

@@ -95,6 +95,15 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class StoredDigests:
+    """Digests a source can give for one entry without downloading it, and how it got them."""
+
+    tier: str  # a reversib.model.Tier value: "stored_checksum" or "remote_digest"
+    digests: dict[str, str]  # algorithm -> lowercase hex
+    detail: str | None = None  # e.g. "S3 ChecksumSHA256", "sha256sum on the server"
+
+
+@dataclass(frozen=True)
 class Capabilities:
     # Algorithms for which `Entry.digests` is filled without downloading the data.
     digests_without_download: frozenset[str] = frozenset()
@@ -140,6 +149,12 @@ class Source(ABC):
 
     def relative(self, location: str) -> str | None:
         """The path of `location` (a URL or path) inside this source, or None if it is elsewhere."""
+        return None
+
+    def digests_without_download(self, entry: Entry, algorithms: tuple[str, ...]) -> StoredDigests | None:
+        """Digests of `entry` for some of `algorithms` obtained without a download (S3 stored
+        checksums, a hash command run on an SFTP server), or None.  Only called for algorithms
+        listed in `capabilities.digests_without_download`, and only when the check accepts the tier."""
         return None
 
     def process_root(self) -> str | None:
