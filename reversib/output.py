@@ -63,18 +63,30 @@ class TerminalProgress:
         return hasattr(s, "isatty") and s.isatty()
 
     def start(self, check: str, total_bytes: int | None, total_files: int) -> None:
+        """A byte bar when the manifest gives sizes (JSON, BagIt Payload-Oxum aside), else a file bar."""
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=check[:30],
-                         file=self.stream, leave=False, dynamic_ncols=True, mininterval=0.2)
+        self._by_bytes = total_bytes is not None
+        common = {"desc": check[:30], "file": self.stream, "leave": False, "dynamic_ncols": True, "mininterval": 0.2}
+        if self._by_bytes:
+            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, **common)
+        else:
+            self._bar = tqdm(total=total_files, unit=" files", **common)
         self._files = 0
+        self._bytes = 0
         self._total_files = total_files
 
     def advance(self, nbytes: int, nfiles: int) -> None:
-        if self._bar is not None:
-            self._files += nfiles
+        if self._bar is None:
+            return
+        self._files += nfiles
+        self._bytes += nbytes
+        if self._by_bytes:
             self._bar.set_postfix_str(f"{self._files}/{self._total_files} files", refresh=False)
             self._bar.update(nbytes)
+        else:
+            self._bar.set_postfix_str(f"{self._bytes / 1e6:.0f} MB", refresh=False)
+            self._bar.update(nfiles)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from reversib.config import CheckConfig, Settings
 from reversib.manifests import ManifestNotFound, find_manifest, load_manifest
 from reversib.manifests.base import ManifestError
+from reversib.runner import external_manifest
 from reversib.sources import open_source
 from reversib.sources.base import SourceError
 
@@ -21,7 +22,15 @@ def connect_one(check: CheckConfig) -> str | None:
             m = check.manifest
             if m.path is not None:
                 load_manifest(root, m.path, m.format)
-            elif m.location is None:
+            elif m.location is not None:
+                inside = root.relative(m.location)
+                if inside is not None:
+                    load_manifest(root, inside, m.format)
+                else:
+                    src, name = external_manifest(m.location, root)
+                    with src:
+                        load_manifest(src, name, m.format)
+            else:
                 found = find_manifest(root)
                 if found is None:
                     return f"{check.check_id}: no manifest found at the root of {root.describe()}"

@@ -170,7 +170,7 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
             if inside is not None:
                 src, path, place = export, inside, m.location
             else:
-                src, path = _external(m.location, export)
+                src, path = external_manifest(m.location, export)
                 place = m.location
         else:
             found = find_manifest(export)
@@ -192,7 +192,7 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
     return None
 
 
-def _external(location: str, export: Source) -> tuple[Source, str]:
+def external_manifest(location: str, export: Source) -> tuple[Source, str]:
     """A manifest outside the export: a source rooted at its folder, and its name."""
     if scheme_of(location) == "file":
 

@@ -220,3 +220,21 @@ def test_manifest_create_then_verify(tmp_path: Path) -> None:
         code, doc = verify_json(["--source", str(root), "--manifest", text.strip()], tmp_path / "h.db")
         # the other format's manifest file is in the export and not listed: one unexpected at most
         assert code in (0, 1) and all(k == "unexpected" for k, _ in findings_of(doc))
+
+
+def test_check_config_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_export(tmp_path / "exp", {"a": b"1"})
+    run_tool(["sha256sum"], root, "SHA256SUMS")
+    (tmp_path / "outside.sums").write_bytes((root / "SHA256SUMS").read_bytes())
+    cfg = write_config(tmp_path, {
+        "inside": {"source": {"url": "../exp"}, "manifest": {"path": "SHA256SUMS"}},
+        "outside": {"source": {"url": "../exp"}, "manifest": {"location": "../outside.sums"}},
+        "found": {"source": {"url": "../exp"}},
+    })
+    assert main(["check-config", "--config", str(cfg), "--connect"]) == 0
+    (tmp_path / "outside.sums").write_text("garbage\n")
+    cfg2 = write_config(tmp_path, {"gone": {"source": {"url": "../nowhere"}}})
+    capsys.readouterr()
+    assert main(["check-config", "--config", str(cfg2), "--connect"]) == 2
+    out = capsys.readouterr().out
+    assert "outside: not a checksum file" in out and "gone: export root does not exist" in out
