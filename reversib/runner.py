@@ -9,11 +9,12 @@ whatever happens: a crash leaves a `running` row that `History.reap_dead_runs` l
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reversib.config import CheckConfig
 from reversib.manifests import ManifestNotFound, find_manifest, load_manifest
@@ -97,12 +98,14 @@ def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigge
     return result
 
 
-def _entry_records(report: VerifyReport | None) -> list[EntryRecord]:
+def _entry_records(report: VerifyReport | None) -> Iterator[EntryRecord]:
+    """Entry states for the history, made one at a time (never a second copy of a large export)."""
     if report is None:
-        return []
+        return
     from reversib.history import EntryRecord
 
-    return [EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at) for v in report.verified]
+    for v in report.verified:
+        yield EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at)
 
 
 def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], cancel: CancelToken,
@@ -133,6 +136,14 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
                     raise _Deferred(f"completion marker {marker!r} not there yet")
                 result.findings.append(Finding(FindingKind.INCOMPLETE_DELIVERY, marker, expected="completion marker",
                                                actual="absent after the deadline"))
+        if check.completion.stable_for is not None:
+            changed = _changes_within(export, check.completion.stable_for, cancel)
+            if changed is not None:
+                if deferrable or check.expect.deadline is None:
+                    raise _Deferred(changed)
+                result.findings.append(Finding(FindingKind.INCOMPLETE_DELIVERY, None,
+                                               expected="an export that no longer changes",
+                                               actual=f"{changed}, after the deadline"))
         manifest = _load_manifest(check, export, result, deferrable)
         if manifest is None:
             return None
@@ -159,6 +170,31 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
         root.close()
 
 
+def _listing_state(export: Source) -> tuple[str, int, int]:
+    """A digest of every listed name, type, size and mtime (the listing is never held in memory)."""
+    h = hashlib.sha256()
+    files = nbytes = 0
+    for e in export.iter_entries():
+        h.update(f"{e.path}\0{e.type.value}\0{e.size}\0{e.mtime}\n".encode("utf-8", "surrogateescape"))
+        files += 1
+        nbytes += e.size or 0
+    return h.hexdigest(), files, nbytes
+
+
+def _changes_within(export: Source, seconds: float, cancel: CancelToken) -> str | None:
+    """`completion.stable_for`: list twice, `seconds` apart; a description of the change, or None."""
+    before = _listing_state(export)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        cancel.check()
+        time.sleep(min(0.25, left))
+    after = _listing_state(export)
+    if after == before:
+        return None
+    return (f"the export changed within completion.stable_for ({seconds:g}s): {before[1]} entries of "
+            f"{before[2]} bytes, then {after[1]} entries of {after[2]} bytes")
+
+
 def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferrable: bool) -> Manifest | None:
     m = check.manifest
     place: str
@@ -170,7 +206,7 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
             if inside is not None:
                 src, path, place = export, inside, m.location
             else:
-                src, path = external_manifest(m.location, export)
+                src, path = external_manifest(m.location, export, check.source)
                 place = m.location
         else:
             found = find_manifest(export)
@@ -180,7 +216,11 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
                                        "SHA512SUMS, MD5SUMS, B2SUMS, *.sha256 ...): set manifest.path")
             src, path, place = export, found, found or "(bag)"
         result.manifest = place
-        return load_manifest(src, path, m.format)
+        try:
+            return load_manifest(src, path, m.format)
+        finally:
+            if src is not export:
+                src.close()  # an external manifest's source (an SFTP connection...)
     except ManifestNotFound as exc:
         if deferrable:
             raise _Deferred(f"manifest not there yet: {exc}") from exc
@@ -192,8 +232,9 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
     return None
 
 
-def external_manifest(location: str, export: Source) -> tuple[Source, str]:
-    """A manifest outside the export: a source rooted at its folder, and its name."""
+def external_manifest(location: str, export: Source, options: Any = None) -> tuple[Source, str]:
+    """A manifest outside the export: a source rooted at its folder, and its name.  `options` is the
+    check's `source` block (its sftp/s3 options apply to a remote manifest too)."""
     if scheme_of(location) == "file":
 
         from reversib.sources.local import LocalSource, path_from_url
@@ -203,7 +244,7 @@ def external_manifest(location: str, export: Source) -> tuple[Source, str]:
             return LocalSource(p, cancel=export.cancel), ""
         return LocalSource(p.parent, cancel=export.cancel), p.name
     parent, _, name = location.rstrip("/").rpartition("/")
-    return open_source(parent, cancel=export.cancel), name
+    return open_source(parent, options, cancel=export.cancel), name
 
 
 _PAYLOAD_KINDS = frozenset({FindingKind.MISSING, FindingKind.UNEXPECTED, FindingKind.SIZE_MISMATCH,

@@ -9,6 +9,7 @@ file of a latency-bound source -- go to a bounded thread pool (hashlib and reads
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -38,14 +39,32 @@ class VerifyOptions:
     own_paths: frozenset[str] = frozenset()  # manifest file, completion marker...
 
 
-class Verified(NamedTuple):
-    """One manifest entry whose content was checked (at some tier)."""
+class Verified:
+    """One manifest entry whose content was checked (at some tier).
 
-    path: str
-    size: int | None
-    digests: dict[str, str]
-    tier: Tier
-    verified_at: float
+    Kept compact -- a run may verify millions of entries: computed digests equal to the manifest's
+    are not stored twice (`digests` then reads them from the manifest entry)."""
+
+    __slots__ = ("_digests", "entry", "size", "tier", "verified_at")
+
+    def __init__(self, entry: ManifestEntry, size: int | None, digests: dict[str, str] | None, tier: Tier,
+                 verified_at: float):
+        self.entry = entry
+        self.size = size
+        self._digests = digests  # None: equal to the manifest's
+        self.tier = tier
+        self.verified_at = verified_at
+
+    @property
+    def path(self) -> str:
+        return self.entry.path
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return self.entry.digests if self._digests is None else self._digests
+
+    def __repr__(self) -> str:
+        return f"Verified({self.path!r}, {self.size!r}, {self.digests!r}, {self.tier.value})"
 
 
 @dataclass
@@ -186,12 +205,12 @@ class Verifier:
         if m.size is not None and e.size is not None and m.size != e.size:
             r.findings.append(Finding(FindingKind.SIZE_MISMATCH, m.path, expected=str(m.size), actual=str(e.size)))
             return ()
-        key = tuple(m.digests)
+        key = m.algorithms
         algorithms = self._choice.get(key)
         if algorithms is None:
             algorithms = self._choice[key] = tuple(digests.choose(key, self.options.algorithms))
         if not self.options.fixity or not algorithms:
-            self._collect(_Outcome(Verified(m.path, e.size, {}, Tier.SIZE_ONLY, self.clock()), None, 0))
+            self._collect(_Outcome(Verified(m, e.size, {}, Tier.SIZE_ONLY, self.clock()), None, 0))
             return ()
         return algorithms
 
@@ -215,7 +234,34 @@ class Verifier:
             raise
         except OSError as exc:
             return self._judge(m, e, None, 0, exc.strerror or str(exc))
-        return self._judge(m, e, got, nbytes, None)
+        outcome = self._judge(m, e, got, nbytes, None)
+        if (outcome.finding is not None and outcome.finding.kind is FindingKind.DIGEST_MISMATCH
+                and self.source.capabilities.recheck_mismatch):
+            return self._recheck(m, algorithms, got, outcome)
+        return outcome
+
+    def _recheck(self, m: ManifestEntry, algorithms: tuple[str, ...], first: dict[str, str],
+                 outcome: _Outcome) -> _Outcome:
+        """Download a mismatching entry once more (sources declaring `recheck_mismatch`): a match means the
+        first transfer was corrupted (a warning); the same digest again confirms the stored data is wrong."""
+        finding = outcome.finding
+        assert finding is not None
+        try:
+            with self.source.open_range(m.path) as stream:
+                again, nbytes = digests.hash_stream(stream, list(algorithms), self._buffer())
+        except Cancelled:
+            raise
+        except OSError as exc:
+            return outcome._replace(finding=dataclasses.replace(
+                finding, detail=f"a second download failed: {exc.strerror or exc}"))
+        if nbytes == outcome.nbytes and all(m.digests.get(a) == h for a, h in again.items()):
+            before = outcome.verified
+            verified = Verified(m, before.size, None, before.tier, before.verified_at) if before is not None else None
+            return _Outcome(verified, dataclasses.replace(finding, severity=Severity.WARNING,
+                                                          detail="transient: second download matched"), nbytes)
+        detail = "confirmed by a second download" if again == first else \
+            f"a second download gave yet another digest ({_short(again)})"
+        return outcome._replace(finding=dataclasses.replace(finding, detail=detail))
 
     def _without_download(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> _Outcome | None:
         """Compare with digests the source gives without a download; None to fall back to a download."""
@@ -230,7 +276,7 @@ class Verifier:
         got = {a: h for a, h in answer.digests.items() if a in m.digests}
         if not got:
             return None
-        verified = Verified(m.path, e.size, got, Tier(answer.tier), self.clock())
+        verified = Verified(m, e.size, got, Tier(answer.tier), self.clock())
         bad = [a for a, h in got.items() if m.digests[a] != h]
         if bad:
             return _Outcome(verified, Finding(FindingKind.DIGEST_MISMATCH, m.path,
@@ -250,10 +296,11 @@ class Verifier:
             return _Outcome(None, Finding(FindingKind.UNREADABLE, m.path, expected=f"{size} bytes",
                                           actual=f"{nbytes} bytes read (file changed or was cut while reading)"),
                             nbytes)
-        verified = Verified(m.path, nbytes, got, Tier.DOWNLOADED, self.clock())
-        expected = m.digests
-        bad = [a for a, h in got.items() if expected.get(a) != h]
+        bad = m.mismatches(got)
+        kept = None if not bad and len(got) == len(m.algorithms) else got  # equal: read from the manifest
+        verified = Verified(m, size if size is not None else nbytes, kept, Tier.DOWNLOADED, self.clock())
         if bad:
+            expected = m.digests
             return _Outcome(verified, Finding(FindingKind.DIGEST_MISMATCH, m.path,
                                               expected=_short({a: expected[a] for a in bad}),
                                               actual=_short({a: got[a] for a in bad})), nbytes)
@@ -294,8 +341,9 @@ class _Dispatcher:
 
     def __init__(self, v: Verifier):
         self.v = v
-        self.workers = max(1, v.options.parallelism)
-        self.latency_bound = v.source.capabilities.latency_bound
+        caps = v.source.capabilities
+        self.latency_bound = caps.latency_bound
+        self.workers = max(1, caps.parallelism if caps.latency_bound and caps.parallelism else v.options.parallelism)
         self.threads: ThreadPoolExecutor | None = None
         self.pending: deque[Future[_Outcome]] = deque()
         self.root = v.source.process_root() if self.workers > 1 and not self.latency_bound else None
@@ -305,6 +353,7 @@ class _Dispatcher:
         self.batch: list[tuple[str, tuple[str, ...]]] = []
         self.batch_pairs: dict[str, tuple[ManifestEntry, Entry]] = {}
         self.batch_bytes = 0
+        self._submitted = 0
 
     def __enter__(self) -> _Dispatcher:
         return self
@@ -326,7 +375,9 @@ class _Dispatcher:
                 self._send_batch()
         else:
             v._collect(v._download(m, e, algorithms))
-        self._drain(block=False)
+        self._submitted += 1
+        if self.pending or (self.batches and self._submitted % 32 == 0):
+            self._drain(block=False)
 
     def _send_batch(self) -> None:
         if not self.batch:

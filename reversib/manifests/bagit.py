@@ -244,7 +244,7 @@ class _BagReader:
                 continue
             seen.add(path)
             if path in merged:
-                merged[path][0].digests[alg] = hexd.lower()
+                merged[path][0].add_digest(alg, hexd.lower())
                 merged[path][1].add(name)
             else:
                 merged[path] = (entry, {name})

@@ -27,13 +27,63 @@ class ManifestError(Exception):
     """The manifest as a whole cannot be read or parsed: the run cannot conclude (outcome error)."""
 
 
-@dataclass(slots=True)
+_ALGS: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned algorithm tuples, shared by all entries
+
+
 class ManifestEntry:
-    path: str
-    size: int | None = None
-    digests: dict[str, str] = field(default_factory=dict)
-    mtime: float | None = None
-    line: int | None = None
+    """One manifest entry.  Stored compactly (a manifest may list millions of files): the
+    algorithm names are one shared tuple and a single digest is kept as a bare string, so an entry
+    costs about half of a dataclass holding a dict.  `digests` reads as a dict."""
+
+    __slots__ = ("_algs", "_hex", "line", "mtime", "path", "size")
+
+    def __init__(self, path: str, size: int | None = None, digests: dict[str, str] | None = None,
+                 mtime: float | None = None, line: int | None = None):
+        self.path = path
+        self.size = size
+        self.mtime = mtime
+        self.line = line
+        self.digests = digests or {}
+
+    @property
+    def digests(self) -> dict[str, str]:
+        if isinstance(self._hex, str):
+            return {self._algs[0]: self._hex}
+        return dict(zip(self._algs, self._hex, strict=True))
+
+    @digests.setter
+    def digests(self, value: dict[str, str]) -> None:
+        key = tuple(value)
+        self._algs = _ALGS.setdefault(key, key)
+        values = tuple(value.values())
+        self._hex: str | tuple[str, ...] = values[0] if len(values) == 1 else values
+
+    def mismatches(self, got: dict[str, str]) -> list[str]:
+        """Algorithms of `got` whose digest differs from this entry's (fast path: one digest)."""
+        if isinstance(self._hex, str):
+            alg = self._algs[0]
+            return [a for a, h in got.items() if a != alg or h != self._hex]
+        expected = self.digests
+        return [a for a, h in got.items() if expected.get(a) != h]
+
+    def add_digest(self, algorithm: str, hexdigest: str) -> None:
+        self.digests = {**self.digests, algorithm: hexdigest}
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return self._algs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ManifestEntry):
+            return NotImplemented
+        return (self.path, self.size, self.digests, self.mtime, self.line) == \
+            (other.path, other.size, other.digests, other.mtime, other.line)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"ManifestEntry(path={self.path!r}, size={self.size!r}, digests={self.digests!r}, "
+                f"mtime={self.mtime!r}, line={self.line!r})")
 
 
 @dataclass
@@ -126,6 +176,8 @@ def finalize(manifest_format: str, location: str, raw: list[ManifestEntry], find
                 actual=f"listed {len(group)} times" + (" with different digests" if len(digests) > 1 else ""),
                 detail=f"lines {lines}" if lines else None))
         i = j
+    for entry in unique:
+        entry.line = None  # only needed for the findings above; millions of ints otherwise
     return Manifest(format=manifest_format, location=location, entries=unique, findings=findings,
                     untrusted=untrusted, **kwargs)
 
