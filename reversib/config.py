@@ -33,6 +33,10 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
+# Source options that name a file, besides every `*_file` key: resolved against the check file's folder.
+PATH_OPTIONS = frozenset({"ca_bundle", "known_hosts"})
+
+
 class ConfigError(Exception):
     """The configuration is invalid; `errors` lists every problem found ("file: key: message")."""
 
@@ -167,6 +171,8 @@ class FixityConfig(Strict):
 
 class CompletionConfig(Strict):
     marker: str | None = Field(None, description="file whose presence says the delivery is complete")
+    stable_for: Duration | None = Field(None, ge=0, le=3600, description="list the export twice this far "
+                                        "apart: any change in names, sizes or mtimes defers the run")
 
 
 class CheckConfig(Strict):
@@ -253,12 +259,63 @@ class LogConfig(Strict):
     format: Literal["text", "json"] = "text"
 
 
+# Not in Prometheus' default exporter port allocations (9100-9999 is fully allocated and the list
+# goes on above 10000; 9090-9094 are Prometheus' own components): see docs/daemon.md.
+DEFAULT_LISTEN = "127.0.0.1:8637"
+
+
+def check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen must be HOST:PORT (such as 127.0.0.1:8637 or 0.0.0.0:8637), got {value!r}")
+    return value
+
+
+class RunDaemonConfig(Strict):
+    """The `daemon:` block: what `reversib run` does (the rest of this file is shared with the CLI)."""
+
+    listen: Annotated[str, BeforeValidator(check_listen)] = Field(
+        DEFAULT_LISTEN, description="HOST:PORT of /metrics, health, landing page and API")
+    max_concurrent_checks: int = Field(4, ge=1, le=256, description="checks running at once, at most")
+    shutdown_timeout: Duration = Field(8.0, ge=0, le=60,
+                                       description="on SIGTERM, how long running checks get to record interrupted")
+    catch_up: bool = Field(True, description="at start, run the most recent slot missed while reversib was down")
+    catch_up_window: Duration = Field(86400.0, ge=0, description="how far back a missed slot is still caught up")
+    api_token_env: str | None = Field(None, description="environment variable holding the API token")
+    api_token_file: str | None = Field(None, description="file holding the API token")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> RunDaemonConfig:
+        if self.api_token_env is not None and self.api_token_file is not None:
+            raise ValueError("give only one of daemon.api_token_env, daemon.api_token_file")
+        return self
+
+    def api_token(self) -> str | None:
+        """The configured API token, None when none is configured; raises ConfigError when unreadable."""
+        if self.api_token_env:
+            value = os.environ.get(self.api_token_env, "").strip()
+            if not value:
+                raise ConfigError([f"daemon.api_token_env: environment variable {self.api_token_env} is not set"])
+            return value
+        if self.api_token_file:
+            try:
+                value = Path(self.api_token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError([f"daemon.api_token_file: cannot read {self.api_token_file}: {exc.strerror}"]) \
+                    from exc
+            if not value:
+                raise ConfigError([f"daemon.api_token_file: {self.api_token_file} is empty"])
+            return value
+        return None
+
+
 class DaemonConfig(Strict):
     version: Literal[1] = Field(description="config file format version")
     history: HistoryConfig = Field(default_factory=lambda: HistoryConfig())
     checks_dir: str | None = Field(None, description="folder of check files (relative to this file)")
     defaults: DefaultsConfig = Field(default_factory=lambda: DefaultsConfig())
     log: LogConfig = Field(default_factory=lambda: LogConfig())
+    daemon: RunDaemonConfig = Field(default_factory=lambda: RunDaemonConfig())
 
 
 @dataclass
@@ -365,6 +422,12 @@ def load_check(path: Path, defaults: DefaultsConfig, errors: list[str]) -> Check
     src = data.get("source")
     if isinstance(src, dict) and isinstance(src.get("url"), str):
         src["url"] = _resolve(base, src["url"])
+    for backend in ("s3", "sftp"):  # file options (keys, CA bundles, known_hosts) are relative to this file
+        opts = src.get(backend) if isinstance(src, dict) else None
+        if isinstance(opts, dict):
+            for key, value in opts.items():
+                if isinstance(value, str) and (key.endswith("_file") or key in PATH_OPTIONS):
+                    opts[key] = _resolve(base, value)
     man = data.get("manifest")
     if isinstance(man, dict) and isinstance(man.get("location"), str):
         man["location"] = _resolve(base, man["location"])
@@ -403,6 +466,9 @@ def load_settings(path: Path | None) -> Settings:
                 h["url_file"] = _resolve(path.parent, h["url_file"])
         if isinstance(data.get("checks_dir"), str):
             data["checks_dir"] = _resolve(path.parent, data["checks_dir"])
+        d = data.get("daemon")
+        if isinstance(d, dict) and isinstance(d.get("api_token_file"), str):
+            d["api_token_file"] = _resolve(path.parent, d["api_token_file"])
         try:
             daemon = DaemonConfig.model_validate(data)
         except ValidationError as exc:

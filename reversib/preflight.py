@@ -27,7 +27,7 @@ def connect_one(check: CheckConfig) -> str | None:
                 if inside is not None:
                     load_manifest(root, inside, m.format)
                 else:
-                    src, name = external_manifest(m.location, root)
+                    src, name = external_manifest(m.location, root, check.source)
                     with src:
                         load_manifest(src, name, m.format)
             else:

@@ -238,3 +238,15 @@ def test_check_config_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["check-config", "--config", str(cfg2), "--connect"]) == 2
     out = capsys.readouterr().out
     assert "outside: not a checksum file" in out and "gone: export root does not exist" in out
+
+
+def test_source_option_files_are_relative_to_the_check_file(tmp_path: Path) -> None:
+    from reversib.config import load_settings
+
+    cfg = write_config(tmp_path, {"remote": {"source": {"url": "s3://bucket/exports", "s3": {
+        "secret_access_key_file": "secrets/s3.key", "ca_bundle": "../ca.pem", "access_key_id": "AKIAEXAMPLE"}}}})
+    check = load_settings(cfg).checks[0]
+    assert check.source.s3 is not None
+    assert check.source.s3.secret_access_key_file == str(tmp_path / "checks" / "secrets" / "s3.key")
+    assert check.source.s3.ca_bundle == str(tmp_path / "ca.pem")
+    assert check.source.url == "s3://bucket/exports"

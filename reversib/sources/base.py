@@ -109,6 +109,10 @@ class Capabilities:
     digests_without_download: frozenset[str] = frozenset()
     # True when each open costs a round trip (S3, SFTP): many small files should be read in parallel.
     latency_bound: bool = False
+    # Reads in flight a latency-bound source wants (0: fixity.parallelism decides).
+    parallelism: int = 0
+    # A digest mismatch is downloaded once more, to tell a transfer fault from the stored data (verify.py).
+    recheck_mismatch: bool = False
 
 
 class Source(ABC):

@@ -1,0 +1,40 @@
+"""Builders for the S3 tests: an export written locally (manifests by the real tools), then uploaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KEY_ID = "AKIATESTREVERSIB0001"
+SECRET = "reversib-test-secret-Zq8vX3"
+
+
+def upload_tree(s3: Any, bucket: str, prefix: str, root: Path, **put: Any) -> list[str]:
+    """Upload every file below `root` to `bucket` under `prefix` ("" or "x/"); return the keys."""
+    keys = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            key = prefix + p.relative_to(root).as_posix()
+            s3.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), **put)
+            keys.append(key)
+    return keys
+
+
+def s3_options(endpoint_url: str, **more: Any) -> dict[str, Any]:
+    """A `source.s3` block with explicit keys (the secret by environment variable) and fast retries."""
+    return {"endpoint_url": endpoint_url, "addressing_style": "path", "access_key_id": KEY_ID,
+            "secret_access_key_env": "AWS_SECRET_ACCESS_KEY", "max_attempts": 3, **more}
+
+
+def write_check(tmp: Path, name: str, body: dict[str, Any]) -> Path:
+    """A config folder with one check; returns the config file."""
+    cdir = tmp / "checks"
+    cdir.mkdir(exist_ok=True)
+    (cdir / f"{name}.yaml").write_text(yaml.safe_dump({"version": 1, "name": name, **body}, allow_unicode=True))
+    cfg = tmp / "config" / "reversib.yaml"
+    cfg.parent.mkdir(exist_ok=True)
+    cfg.write_text(yaml.safe_dump({"version": 1, "history": {"url": "sqlite:///../var/h.db"},
+                                   "checks_dir": "../checks"}))
+    return cfg
