@@ -1,4 +1,4 @@
-# Two commands: `make run` (verify the bundled sample) and `make test` (the whole suite).
+# Two commands: `make run` (the daemon on the bundled sample) and `make test` (the whole suite).
 # Both create .venv and install what they need.
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The daemon on the bundled sample, history in var/reversib.db; Ctrl-C stops it.  http://127.0.0.1:8637/metrics
 run: $(STAMP)
-	$(BIN)/reversib verify-now --all --config config/reversib.yaml
+	$(BIN)/reversib run --config config/reversib.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check reversib tests bench

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN_ID", help="show one run with its findings")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("run", parents=[common], help="the daemon: run checks on schedule, serve /metrics and the API")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="where to serve HTTP (default: daemon.listen, 127.0.0.1:8637)")
+
     p = sub.add_parser("manifest", help="manifest tools")
     msub = p.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND", parser_class=_Parser)
     c = msub.add_parser("create", parents=[common], help="write a manifest for a folder")
@@ -285,7 +289,32 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
-COMMANDS = {"verify-now": cmd_verify_now, "check-config": cmd_check_config, "checks": cmd_checks,
+def cmd_run(args: argparse.Namespace) -> int:
+    from reversib.config import LogConfig
+    from reversib.daemon import DaemonError, serve
+    from reversib.logs import configure
+
+    settings = _settings(args)
+    log_cfg: LogConfig = settings.daemon.log
+    fmt = log_cfg.format if "format" in log_cfg.model_fields_set else "json"  # the daemon logs JSON by default
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else \
+        getattr(logging, log_cfg.level.upper())
+    configure(level, fmt)
+    if args.listen is not None:
+        from reversib.config import check_listen
+
+        try:
+            check_listen(args.listen)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        return serve(settings, listen=args.listen, history_url=args.history)
+    except DaemonError as exc:
+        print(f"reversib: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+COMMANDS = {"verify-now": cmd_verify_now, "run": cmd_run, "check-config": cmd_check_config, "checks": cmd_checks,
             "history": cmd_history, "manifest": cmd_manifest}
 
 

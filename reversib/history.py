@@ -39,6 +39,7 @@ from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, S
 
 __all__ = [
     "SCHEMA_REVISION",
+    "CheckSummary",
     "EntryRecord",
     "History",
     "HistoryError",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 # The Alembic head this code expects; tests assert it equals the migration scripts' head.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BATCH_SIZE = 5000
 _PG_SCHEMA_LOCK = 0x7265766572736962  # "reversib": pg_advisory_xact_lock key for schema upgrades
@@ -178,6 +179,8 @@ class RunModel(Base):
     __table_args__ = (
         sa.UniqueConstraint("check_id", "scheduled_for", name="uq_runs_check_slot"),
         sa.Index("ix_runs_check_started", "check_id", "started_at"),
+        sa.Index("ix_runs_check_outcome_started", "check_id", "outcome", "started_at"),
+        sa.Index("ix_runs_state", "state"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
@@ -239,9 +242,34 @@ class EntryStateModel(Base):
     run_id: Mapped[str] = mapped_column(sa.String(32))
 
 
+class SkippedSlotModel(Base):
+    """A schedule slot that was not run: `overlap` (the previous run of the check was still going)."""
+
+    __tablename__ = "skipped_slots"
+
+    check_id: Mapped[str] = mapped_column(sa.String(), primary_key=True)
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    reason: Mapped[str] = mapped_column(sa.String(16))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    host: Mapped[str] = mapped_column(sa.String())
+    pid: Mapped[int] = mapped_column(sa.Integer())
+
+
+class RunCountModel(Base):
+    """Completed runs per (check, outcome), bumped in the transaction that completes each run."""
+
+    __tablename__ = "run_counts"
+
+    check_id: Mapped[str] = mapped_column(sa.String(), primary_key=True)
+    outcome: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    runs: Mapped[int] = mapped_column(sa.BigInteger())
+
+
 runs_t: sa.Table = RunModel.__table__  # type: ignore[assignment]
 findings_t: sa.Table = FindingModel.__table__  # type: ignore[assignment]
 entries_t: sa.Table = EntryStateModel.__table__  # type: ignore[assignment]
+skipped_t: sa.Table = SkippedSlotModel.__table__  # type: ignore[assignment]
+counts_t: sa.Table = RunCountModel.__table__  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -309,6 +337,25 @@ class RunRow:
 
 
 _RUN_FIELDS = [c.name for c in runs_t.columns]
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    """What the metrics and the daemon's API show of one check, read in a few queries for all checks.
+
+    `latest` is the newest completed run (finished or interrupted); `outcomes` counts completed runs
+    per outcome; `running` counts runs still `running`; `skipped` counts skipped schedule slots."""
+
+    check_id: str
+    latest: RunRow | None = None
+    last_success_at: datetime | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
+    running: int = 0
+    skipped: int = 0
+
+    @property
+    def runs_total(self) -> int:
+        return sum(self.outcomes.values())
 
 
 def summary_document(run: RunRow, findings: Sequence[Finding]) -> dict[str, Any]:
@@ -388,6 +435,30 @@ def alembic_config() -> Any:
 
 def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
+
+
+def _count_run(conn: Connection, check_id: str, outcome: str) -> None:
+    """One more completed run of `check_id` with `outcome` in `run_counts` (inside the caller's transaction)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(counts_t)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(counts_t)
+    stmt = stmt.values(check_id=check_id, outcome=outcome, runs=1)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[counts_t.c.check_id, counts_t.c.outcome],
+                                            set_={"runs": counts_t.c.runs + 1}))
+
+
+def _as_utc(value: Any, dialect: Dialect) -> datetime:
+    """A timestamp read through an untyped aggregate (SQLite returns text there) as tz-aware UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    result = UTCDateTime().process_result_value(value, dialect)
+    assert result is not None
+    return result
 
 
 def _pid_alive(pid: int) -> bool:
@@ -690,6 +761,7 @@ class History:
             values = {k: v for k, v in asdict(run).items() if k not in ("id", "started_at")}
             values["summary_digest"] = digest
             conn.execute(runs_t.update().where(runs_t.c.id == run.id).values(values))
+            _count_run(conn, run.check_id, outcome.value)
             if findings:
                 conn.execute(
                     findings_t.insert(),
@@ -751,6 +823,8 @@ class History:
                     duration_seconds=max(0.0, (now - started).total_seconds()),
                 )
             )
+            check_id = conn.execute(sa.select(runs_t.c.check_id).where(runs_t.c.id == run_id)).scalar_one()
+            _count_run(conn, check_id, Outcome.ERROR.value)
         _RUNS_OF_THIS_PROCESS.discard(run_id)
         return True
 
@@ -816,6 +890,107 @@ class History:
             .order_by(runs_t.c.started_at.desc(), runs_t.c.id.desc()).limit(1)
         )
         return found[0] if found else None
+
+    def check_summaries(self, check_ids: Sequence[str]) -> dict[str, CheckSummary]:
+        """A `CheckSummary` for each of `check_ids`, in four constant queries whatever their number: the
+        per-outcome counts (`run_counts`), the running runs (`ix_runs_state`), the newest completed run
+        and the last success of each check (index seeks), the skipped slots."""
+        if not check_ids:
+            return {}
+        wanted = set(check_ids)
+        outcomes: dict[str, dict[str, int]] = {}
+        running: dict[str, int] = {}
+        skipped: dict[str, int] = {}
+        # Checks with a completed run, from the small run_counts table: a constant statement (compiled once).
+        ids = sa.select(counts_t.c.check_id).distinct().subquery("wanted")
+        r = runs_t.alias("r")
+        latest_id = (
+            sa.select(r.c.id).where(r.c.check_id == ids.c.check_id, r.c.outcome.is_not(None))
+            .order_by(r.c.started_at.desc(), r.c.id.desc()).limit(1).correlate(ids).scalar_subquery()
+        )
+        success_at = (
+            sa.select(r.c.finished_at).where(r.c.check_id == ids.c.check_id, r.c.outcome == Outcome.PASSED.value)
+            .order_by(r.c.started_at.desc()).limit(1).correlate(ids).scalar_subquery()
+        )
+        picks = sa.select(ids.c.check_id, latest_id.label("latest_id"), success_at.label("success_at")).subquery("p")
+        latest_stmt = (
+            sa.select(picks.c.check_id.label("wanted_id"), picks.c.success_at, runs_t)
+            .select_from(picks.outerjoin(runs_t, runs_t.c.id == picks.c.latest_id))
+        )
+        counts_stmt = sa.select(counts_t.c.check_id, counts_t.c.outcome, counts_t.c.runs)
+        running_stmt = (sa.select(runs_t.c.check_id, sa.func.count()).where(runs_t.c.state == RunState.RUNNING.value)
+                        .group_by(runs_t.c.check_id))
+        skipped_stmt = sa.select(skipped_t.c.check_id, sa.func.count()).group_by(skipped_t.c.check_id)
+        out: dict[str, CheckSummary] = {}
+        with self._read() as conn:
+            for check_id, outcome, n in conn.execute(counts_stmt):
+                if check_id in wanted:
+                    outcomes.setdefault(check_id, {})[outcome] = n
+            for check_id, n in conn.execute(running_stmt):
+                running[check_id] = n
+            for check_id, n in conn.execute(skipped_stmt):
+                skipped[check_id] = n
+            for row in conn.execute(latest_stmt).mappings():
+                check_id = row["wanted_id"]
+                if check_id not in wanted:
+                    continue
+                latest = RunRow.from_mapping(row) if row["id"] is not None else None
+                success = row["success_at"]
+                if success is not None:  # SQLite returns the scalar subquery's value as text
+                    success = _as_utc(success, conn.dialect)
+                out[check_id] = CheckSummary(check_id, latest, success, outcomes.get(check_id, {}),
+                                             running.get(check_id, 0), skipped.get(check_id, 0))
+        for check_id in check_ids:
+            if check_id not in out:
+                out[check_id] = CheckSummary(check_id, running=running.get(check_id, 0),
+                                             skipped=skipped.get(check_id, 0))
+        return out
+
+    def record_skipped(self, check_id: str, scheduled_for: datetime | float, reason: str) -> bool:
+        """Record a schedule slot that was not run (`overlap`).  False when that slot is already recorded
+        (skipped before, by this or another process)."""
+        if isinstance(scheduled_for, int | float):
+            scheduled_for = to_datetime(scheduled_for)
+        values = {"check_id": check_id, "scheduled_for": scheduled_for, "reason": reason,
+                  "recorded_at": self._now(), "host": storable(self.host), "pid": self.pid}
+        try:
+            with self._write() as conn:
+                conn.execute(skipped_t.insert(), values)
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def skipped_slots(self, check_id: str, limit: int = 50) -> list[tuple[datetime, str]]:
+        """The skipped slots of a check, newest first: (slot, reason)."""
+        stmt = (sa.select(skipped_t.c.scheduled_for, skipped_t.c.reason).where(skipped_t.c.check_id == check_id)
+                .order_by(skipped_t.c.scheduled_for.desc()).limit(limit))
+        with self._read() as conn:
+            return [(slot, reason) for slot, reason in conn.execute(stmt)]
+
+    def last_slot(self, check_id: str) -> datetime | None:
+        """The newest schedule slot of a check that was run or skipped (by any process), None if none."""
+        ran = sa.select(sa.func.max(runs_t.c.scheduled_for)).where(runs_t.c.check_id == check_id).scalar_subquery()
+        skip = sa.select(sa.func.max(skipped_t.c.scheduled_for)).where(
+            skipped_t.c.check_id == check_id).scalar_subquery()
+        with self._read() as conn:
+            found = conn.execute(sa.select(ran, skip)).one()
+        stamps = [_as_utc(v, conn.dialect) for v in found if v is not None]
+        return max(stamps) if stamps else None
+
+    def rebuild_run_counts(self) -> None:
+        """Recount `run_counts` from the runs (after rows were written outside `finish_run`, as a
+        benchmark's pre-filled history is)."""
+        with self._write() as conn:
+            conn.execute(counts_t.delete())
+            conn.execute(counts_t.insert().from_select(
+                ["check_id", "outcome", "runs"],
+                sa.select(runs_t.c.check_id, runs_t.c.outcome, sa.func.count())
+                .where(runs_t.c.outcome.is_not(None)).group_by(runs_t.c.check_id, runs_t.c.outcome)))
+
+    def ping(self) -> None:
+        """One trivial query: raises HistoryError when the database cannot be reached."""
+        with self._read() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def check_ids(self) -> list[str]:
         with self._read() as conn:

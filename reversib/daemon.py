@@ -1,0 +1,477 @@
+"""`reversib run`: run every check on its schedule, serve metrics, health and a small API.
+
+How a slot becomes a run (see docs/daemon.md):
+
+* the slots of a check come from its schedule alone (`reversib.scheduler.Schedule`); the daemon's
+  own timer thread sleeps until the earliest next slot of any check, then dispatches it.  The timer
+  is not the record of what ran: the history is.  A run claims its slot through the unique
+  (check_id, scheduled_for) row written by `History.start_run`; a slot another process already
+  claimed raises `SlotTaken` and is left to it;
+* one run at a time per check: a slot that falls due while the previous run of the check is queued
+  or running is recorded in `skipped_slots` (reason `overlap`), never doubled, never silently lost;
+* at start, the most recent slot of each check that fell due while no daemon ran it (nothing
+  recorded for it or after it in the history) is caught up, within `daemon.catch_up_window`;
+* at most `daemon.max_concurrent_checks` runs at once; due slots wait in order for a place;
+* SIGHUP reloads the configuration after validating it (an invalid one is logged and the old one
+  kept); SIGTERM/SIGINT stop the timer, cancel running runs through their `CancelToken` (recorded
+  `interrupted`) and exit within `daemon.shutdown_timeout`;
+* with SQLite, an exclusive lock on `<database>.lock` refuses a second daemon on the same file.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import heapq
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+
+from reversib.config import CheckConfig, ConfigError, Settings, load_settings
+from reversib.history import History, HistoryError, SlotTaken, iso, to_datetime
+from reversib.metrics import DaemonStatus, HistoryCollector, ScheduledCheck
+from reversib.model import RunResult, Trigger
+from reversib.runner import run_check
+from reversib.sources.base import CancelToken
+
+log = logging.getLogger("reversib.daemon")
+
+Runner = Callable[..., RunResult]
+
+
+class DaemonError(Exception):
+    """The daemon cannot start (history in use by another daemon, port taken...)."""
+
+
+# ------------------------------------------------------------------------------------ SQLite lock
+
+
+def sqlite_lock_path(url: str) -> Path | None:
+    """`<database>.lock` for a SQLite file history, None for PostgreSQL or an in-memory database."""
+    if "://" not in url:
+        return Path(url + ".lock").absolute()
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file:") or parsed.query.get("mode") == "memory":
+        return None
+    return Path(db + ".lock").absolute()
+
+
+class HistoryLock:
+    """An exclusive `fcntl` lock held for the daemon's lifetime (released by the kernel if it dies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DaemonError(
+                f"another reversib daemon (pid {holder}) is already using the history {self.path.with_suffix('')}: "
+                f"one daemon per SQLite history (lock {self.path}); stop it first, or use PostgreSQL to run "
+                "several") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class _Check:
+    """A check as the daemon tracks it.  `busy` is True while a run of it is queued or running."""
+
+    sc: ScheduledCheck
+    generation: int
+    next_slot: float | None = None
+    busy: bool = False
+    cancel: CancelToken | None = None
+
+    @property
+    def check(self) -> CheckConfig:
+        return self.sc.check
+
+
+@dataclass
+class _Job:
+    state: _Check
+    check: CheckConfig
+    slot: float | None
+    trigger: Trigger
+    queued_at: float
+
+
+@dataclass
+class RunRequest:
+    """The answer to a verify-now request made through the API."""
+
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass
+class Daemon:
+    """The scheduler, the workers and the state the HTTP server shows.  Pass the clock and the runner in."""
+
+    settings: Settings
+    history: History
+    clock: Callable[[], float] = time.time
+    runner: Runner = run_check
+    load: Callable[[Path | None], Settings] = load_settings
+    lag_samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=100_000))
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition()
+        self._checks: dict[str, _Check] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._running = 0
+        self._threads: set[threading.Thread] = set()
+        self._stopping = False
+        self._generation = 0
+        self._timer: threading.Thread | None = None
+        self.reload_ok = True
+        self.reload_ok_at = self.clock()
+        self.api_token = self.settings.daemon.daemon.api_token()
+        self._install(self.settings)
+
+    # ------------------------------------------------------------------------------- config
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.settings.daemon.daemon.max_concurrent_checks
+
+    def scheduled_checks(self) -> list[ScheduledCheck]:
+        with self._cond:
+            return [c.sc for c in self._checks.values()]
+
+    def _install(self, settings: Settings) -> None:
+        """Take `settings` as the configuration: keep the state of checks that stay, schedule all."""
+        now = self.clock()
+        built = [ScheduledCheck.of(c, now) for c in settings.checks]
+        with self._cond:
+            self._generation += 1
+            old = self._checks
+            self._checks = {}
+            self._heap = []
+            for sc in built:
+                state = old.get(sc.check.check_id)
+                if state is None:
+                    state = _Check(sc, self._generation)
+                state.sc, state.generation = sc, self._generation
+                state.next_slot = sc.schedule.next_after(now) if sc.schedule is not None else None
+                self._checks[sc.check.check_id] = state
+                if state.next_slot is not None:
+                    self._heap.append((state.next_slot, self._generation, sc.check.check_id))
+            heapq.heapify(self._heap)
+            self.settings = settings
+            self._pump()
+            self._cond.notify_all()
+
+    def reload(self) -> bool:
+        """Reload the configuration file; an invalid one is logged and the old one kept."""
+        path = self.settings.path
+        try:
+            new = self.load(path)
+            token = new.daemon.daemon.api_token()
+            if new.history_url() != self.settings.history_url():
+                log.warning("reload: history changes take effect at the next start; still using %s",
+                            self.history.describe())
+            if new.daemon.daemon.listen != self.settings.daemon.daemon.listen:
+                log.warning("reload: daemon.listen changes take effect at the next start")
+        except ConfigError as exc:
+            self.reload_ok = False
+            log.error("reload: configuration rejected, keeping the previous one: %s", "; ".join(exc.errors),
+                      extra={"event": "reload", "ok": False, "errors": exc.errors})
+            return False
+        self.api_token = token
+        self._install(new)
+        self.reload_ok, self.reload_ok_at = True, self.clock()
+        log.info("reload: configuration loaded, %d checks", len(new.checks),
+                 extra={"event": "reload", "ok": True, "checks": len(new.checks)})
+        return True
+
+    # ------------------------------------------------------------------------------ running
+
+    def start(self, catch_up: bool | None = None) -> None:
+        """Catch up missed slots, then start the timer thread."""
+        cfg = self.settings.daemon.daemon
+        if cfg.catch_up if catch_up is None else catch_up:
+            self.catch_up(cfg.catch_up_window)
+        self._timer = threading.Thread(target=self._timer_loop, name="reversib-timer", daemon=True)
+        self._timer.start()
+
+    def catch_up(self, window: float) -> list[tuple[str, float]]:
+        """Queue the most recent slot of each check that fell due within `window` seconds and of which
+        the history holds no record (nor of any later slot).  Returns the queued (check, slot)."""
+        now = self.clock()
+        queued = []
+        for state in list(self._checks.values()):
+            schedule = state.sc.schedule
+            if schedule is None:
+                continue
+            slot = schedule.last_at_or_before(now, horizon=window)
+            if slot is None:
+                continue
+            recorded = self.history.last_slot(state.check.check_id)
+            if recorded is not None and recorded.timestamp() >= slot:
+                continue
+            with self._cond:
+                if state.busy:
+                    continue
+                log.info("catching up the slot %s of check %s, missed while no daemon ran",
+                         iso(to_datetime(slot)), state.check.check_id,
+                         extra={"event": "catch_up", "check": state.check.check_id, "slot": iso(to_datetime(slot))})
+                self._enqueue(state, slot, Trigger.SCHEDULE, now)
+                queued.append((state.check.check_id, slot))
+        return queued
+
+    def request_run(self, check_id: str) -> RunRequest:
+        """verify-now through the daemon (the API): queued like a slot, refused while the check is busy."""
+        with self._cond:
+            state = self._checks.get(check_id)
+            if state is None:
+                return RunRequest(False, "unknown check")
+            if self._stopping:
+                return RunRequest(False, "shutting down")
+            if state.busy:
+                return RunRequest(False, "a run of this check is already queued or running")
+            self._enqueue(state, None, Trigger.API, self.clock())
+        return RunRequest(True)
+
+    def busy(self, check_id: str) -> bool:
+        with self._cond:
+            state = self._checks.get(check_id)
+            return state is not None and state.busy
+
+    def next_slot(self, check_id: str) -> float | None:
+        with self._cond:
+            state = self._checks.get(check_id)
+            return state.next_slot if state is not None else None
+
+    @property
+    def timer_alive(self) -> bool:
+        return self._timer is not None and self._timer.is_alive() and not self._stopping
+
+    def status(self) -> DaemonStatus:
+        return DaemonStatus(self.timer_alive, self.reload_ok, self.reload_ok_at)
+
+    def _enqueue(self, state: _Check, slot: float | None, trigger: Trigger, now: float) -> None:
+        """Under the lock."""
+        state.busy = True
+        self._pending.append(_Job(state, state.check, slot, trigger, now))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Under the lock: start queued jobs while there is room."""
+        while self._pending and self._running < self.max_concurrent and not self._stopping:
+            job = self._pending.popleft()
+            self._running += 1
+            job.state.cancel = CancelToken()
+            t = threading.Thread(target=self._run, args=(job, job.state.cancel),
+                                 name=f"reversib-run-{job.check.check_id}", daemon=True)
+            self._threads.add(t)
+            t.start()
+
+    def _run(self, job: _Job, cancel: CancelToken) -> None:
+        check_id = job.check.check_id
+        try:
+            if job.slot is not None:
+                self.lag_samples.append(self.clock() - job.slot)
+            self.runner(job.check, self.history, trigger=job.trigger, scheduled_for=job.slot, cancel=cancel)
+        except SlotTaken:
+            log.info("slot %s of check %s was already claimed by another process", iso(to_datetime(job.slot or 0)),
+                     check_id, extra={"event": "slot_taken", "check": check_id})
+        except HistoryError as exc:
+            log.error("check %s: history database: %s", check_id, exc, extra={"event": "run_error", "check": check_id})
+        except Exception:
+            log.exception("check %s: unexpected error in the daemon", check_id,
+                          extra={"event": "run_error", "check": check_id})
+        finally:
+            with self._cond:
+                job.state.busy = False
+                job.state.cancel = None
+                self._running -= 1
+                self._threads.discard(threading.current_thread())
+                self._pump()
+                self._cond.notify_all()
+
+    def _timer_loop(self) -> None:
+        while True:
+            skips: list[tuple[str, float]] = []
+            with self._cond:
+                if self._stopping:
+                    return
+                now = self.clock()
+                while self._heap and self._heap[0][0] <= now:
+                    slot, generation, check_id = heapq.heappop(self._heap)
+                    state = self._checks.get(check_id)
+                    if state is None or state.generation != generation or state.sc.schedule is None:
+                        continue  # scheduled by a configuration since replaced
+                    if state.busy:
+                        skips.append((check_id, slot))
+                    else:
+                        self._enqueue(state, slot, Trigger.SCHEDULE, now)
+                    following = state.sc.schedule.next_after(slot)
+                    if following <= now - 1.0:  # the timer fell far behind (suspended host, clock jump)
+                        later = state.sc.schedule.next_after(now)
+                        log.warning("check %s: slots between %s and %s passed unseen (clock jump or overload)",
+                                    check_id, iso(to_datetime(following)), iso(to_datetime(later)))
+                        following = later
+                    state.next_slot = following
+                    heapq.heappush(self._heap, (following, generation, check_id))
+                wait = min(self._heap[0][0] - now, 1.0) if self._heap else 1.0
+                if not skips:
+                    self._cond.wait(max(wait, 0.0))
+            for check_id, slot in skips:
+                self._skip(check_id, slot)
+
+    def _skip(self, check_id: str, slot: float) -> None:
+        try:
+            recorded = self.history.record_skipped(check_id, slot, "overlap")
+        except HistoryError as exc:
+            log.error("check %s: cannot record the skipped slot %s: %s", check_id, iso(to_datetime(slot)), exc)
+            return
+        if recorded:
+            log.warning("check %s: slot %s skipped: the previous run is still going", check_id,
+                        iso(to_datetime(slot)), extra={"event": "skipped", "check": check_id, "reason": "overlap",
+                                                       "slot": iso(to_datetime(slot))})
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the timer, drop queued jobs (their slots stay unclaimed), cancel running runs and wait
+        up to `timeout` seconds for them to record `interrupted`.  True when every run finished."""
+        timeout = self.settings.daemon.daemon.shutdown_timeout if timeout is None else timeout
+        with self._cond:
+            self._stopping = True
+            for job in self._pending:
+                job.state.busy = False
+            self._pending.clear()
+            for state in self._checks.values():
+                if state.cancel is not None:
+                    state.cancel.cancel("the daemon is shutting down")
+            threads = list(self._threads)
+            self._cond.notify_all()
+        if self._timer is not None:
+            self._timer.join(timeout=2.0)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = [t.name for t in threads if t.is_alive()]
+        if left:
+            log.error("shutdown: %d runs did not stop within %.0f s (%s); the next start records them interrupted",
+                      len(left), timeout, ", ".join(left))
+        return not left
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or running (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+class _Signals:
+    """Flags set by signal handlers; the main thread acts on them."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.stop: str | None = None
+        self.reload = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = signal.Signals(signum).name
+        self.event.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {s: signal.signal(s, self.handler) for s in sigs}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(settings: Settings, *, listen: str | None = None, history_url: str | None = None,
+          ready: Callable[[Any], None] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code (0 after a clean stop)."""
+    from reversib.web import WebServer
+
+    url = settings.history_url(history_url)
+    lock_path = sqlite_lock_path(url)
+    lock = HistoryLock(lock_path) if lock_path is not None else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        history = History.open(url)
+        try:
+            for run_id in history.reap_dead_runs():
+                log.warning("run %s was left running by a process that ended: recorded as interrupted", run_id)
+            daemon = Daemon(settings, history)
+            collector = HistoryCollector(history, daemon.scheduled_checks, daemon.status)
+            web = WebServer(daemon, collector, parse_listen(listen or settings.daemon.daemon.listen))
+            signals = _Signals()
+            with signals.installed():
+                web.start()
+                log.info("reversib daemon started: %d checks, history %s, listening on http://%s/",
+                         len(settings.checks), history.describe(), web.address,
+                         extra={"event": "start", "checks": len(settings.checks), "listen": web.address})
+                daemon.start()
+                if ready is not None:
+                    ready(web)
+                while signals.stop is None:
+                    signals.event.wait(0.5)
+                    signals.event.clear()
+                    if signals.reload and signals.stop is None:
+                        signals.reload = False
+                        daemon.reload()
+                log.info("%s received: stopping", signals.stop, extra={"event": "stop", "signal": signals.stop})
+                clean = daemon.stop()
+                web.stop()
+            log.info("reversib daemon stopped", extra={"event": "stopped", "clean": clean})
+        finally:
+            history.close()
+    finally:
+        if lock is not None:
+            lock.release()
+    return 0

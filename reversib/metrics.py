@@ -1,0 +1,222 @@
+"""Prometheus metrics rendered from the history database at scrape time.
+
+The history is the single source of truth: each scrape reads the stored results of the configured
+checks (`History.check_summaries`, four queries whatever the number of checks), so a `verify-now`
+run from another process shows up too, and nothing is read from the providers on a scrape.
+
+Series carry the label `check` (the check id) plus the check's configured `labels`: never a file
+name, a key or a secret.  Every name is listed in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+
+from reversib import __version__
+from reversib.config import CheckConfig
+from reversib.history import CheckSummary, History, HistoryError
+from reversib.model import Outcome
+from reversib.scheduler import Schedule
+
+log = logging.getLogger("reversib.metrics")
+
+OUTCOMES = [o.value for o in Outcome]
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """What the daemon itself reports (absent when the collector runs without a daemon)."""
+
+    scheduler_up: bool
+    config_reload_successful: bool
+    config_reload_success_at: float
+
+
+@dataclass(frozen=True)
+class ScheduledCheck:
+    """A configured check as the daemon and the collector use it: the check, its schedule, its expected
+    interval (computed once, at configuration load) and its series labels."""
+
+    check: CheckConfig
+    schedule: Schedule | None
+    interval: float | None
+    labels: dict[str, str]
+    label_text: str  # the labels in the text format, rendered once: check="x",customer="acme"
+
+    @classmethod
+    def of(cls, check: CheckConfig, now: float) -> ScheduledCheck:
+        schedule = Schedule.of(check)
+        labels = {"check": check.check_id, **check.labels}
+        return cls(check, schedule, schedule.interval(now) if schedule is not None else None, labels,
+                   _label_text(labels))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
+def _ts(value: object) -> float:
+    stamp = getattr(value, "timestamp", None)
+    return float(stamp()) if callable(stamp) else 0.0
+
+
+class _Family:
+    """One metric family whose samples may carry different label sets (each check its own labels).
+
+    Samples keep their labels both as a dict (for prometheus_client's `Metric`) and pre-rendered in
+    the text format, so that `text()` formats ~17,000 samples in a few milliseconds."""
+
+    def __init__(self, name: str, doc: str, kind: str) -> None:
+        self.name, self.doc, self.kind = name, doc, kind
+        self.sample_name = name + ("_total" if kind == "counter" else "")
+        self.rows: list[tuple[dict[str, str], str, tuple[str, str] | None, float]] = []
+
+    def add(self, labels: dict[str, str], value: float, text: str | None = None,
+            extra: tuple[str, str] | None = None) -> None:
+        self.rows.append((labels, _label_text(labels) if text is None else text, extra, value))
+
+    @property
+    def metric(self) -> Metric:
+        metric = Metric(self.name, self.doc, self.kind)
+        for labels, _, extra, value in self.rows:
+            metric.samples.append(Sample(self.sample_name, {**labels, extra[0]: extra[1]} if extra else labels,
+                                         value))
+        return metric
+
+    def text(self, out: list[str]) -> None:
+        n = self.sample_name
+        doc = self.doc.replace("\\", "\\\\").replace("\n", "\\n")
+        out.append(f"# HELP {n} {doc}\n# TYPE {n} {self.kind}\n")
+        for _, text, extra, value in self.rows:
+            if extra is not None:
+                text = f'{text},{extra[0]}="{_escape(extra[1])}"' if text else f'{extra[0]}="{_escape(extra[1])}"'
+            out.append(f"{n}{{{text}}} {float(value)!r}\n" if text else f"{n} {float(value)!r}\n")
+
+
+class HistoryCollector(Collector):
+    """A custom collector: `collect()` renders every series from the history, on each scrape."""
+
+    def __init__(self, history: History, checks: Callable[[], Sequence[ScheduledCheck]],
+                 status: Callable[[], DaemonStatus] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.history = history
+        self.checks = checks
+        self.status = status
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        """For a prometheus_client registry."""
+        for fam in self.families():
+            yield fam.metric
+
+    def render(self) -> bytes:
+        """The text exposition format (what `prometheus_client.generate_latest` would write, faster)."""
+        out: list[str] = []
+        for fam in self.families():
+            fam.text(out)
+        return "".join(out).encode()
+
+    def families(self) -> Iterator[_Family]:
+        build = _Family("reversib_build_info", "reversib's version and Python, always 1", "gauge")
+        build.add({"version": __version__, "python": platform.python_version()}, 1)
+        yield build
+        if self.status is not None:
+            s = self.status()
+            for name, doc, value in (
+                ("reversib_scheduler_up", "1 while the scheduler thread is running", float(s.scheduler_up)),
+                ("reversib_config_last_reload_successful", "1 when the last configuration (re)load succeeded",
+                 float(s.config_reload_successful)),
+                ("reversib_config_last_reload_success_timestamp_seconds",
+                 "when the configuration was last loaded successfully", s.config_reload_success_at),
+            ):
+                fam = _Family(name, doc, "gauge")
+                fam.add({}, value)
+                yield fam
+        checks = list(self.checks())
+        configured = _Family("reversib_checks_configured", "number of configured checks", "gauge")
+        configured.add({}, len(checks))
+        yield configured
+        up = _Family("reversib_history_up", "1 when the history database answered this scrape", "gauge")
+        try:
+            summaries = self.history.check_summaries([c.check.check_id for c in checks])
+        except HistoryError as exc:
+            log.error("metrics: cannot read the history: %s", exc)
+            up.add({}, 0)
+            yield up
+            return
+        up.add({}, 1)
+        yield up
+        yield from self._checks(checks, summaries)
+
+    def _checks(self, checks: Sequence[ScheduledCheck], summaries: dict[str, CheckSummary]) -> Iterator[_Family]:
+        f = {
+            "last_run": _Family("reversib_check_last_run_timestamp_seconds",
+                                "when the newest completed run of the check finished (0: never)", "gauge"),
+            "last_success": _Family("reversib_check_last_success_timestamp_seconds",
+                                    "when the newest passed run of the check finished (0: never passed)", "gauge"),
+            "outcome": _Family("reversib_check_outcome",
+                               "1 for the outcome of the newest completed run, 0 for the others", "gauge"),
+            "running": _Family("reversib_check_running", "runs of the check in progress", "gauge"),
+            "findings": _Family("reversib_check_findings",
+                                "findings of the newest completed run, per kind (kinds found only)", "gauge"),
+            "runs": _Family("reversib_check_runs", "completed runs of the check, from the history", "counter"),
+            "failures": _Family("reversib_check_failures", "completed runs with outcome failed", "counter"),
+            "errors": _Family("reversib_check_errors",
+                              "completed runs with outcome error (could not verify, interrupted)", "counter"),
+            "skipped": _Family("reversib_check_skipped_slots",
+                               "schedule slots not run because the previous run was still going", "counter"),
+            "duration": _Family("reversib_check_last_run_duration_seconds", "duration of the newest completed run",
+                                "gauge"),
+            "bytes": _Family("reversib_check_last_run_verified_bytes", "bytes verified by the newest completed run",
+                             "gauge"),
+            "files": _Family("reversib_check_last_run_verified_files", "files verified by the newest completed run",
+                             "gauge"),
+            "newest": _Family("reversib_check_newest_export_timestamp_seconds",
+                              "modification time of the newest file of the export seen by the newest completed run",
+                              "gauge"),
+            "interval": _Family("reversib_check_expected_interval_seconds",
+                                "the time between two scheduled runs of the check", "gauge"),
+        }
+        for c in checks:
+            labels, text = c.labels, c.label_text
+            s = summaries.get(c.check.check_id) or CheckSummary(c.check.check_id)
+            run = s.latest
+            f["last_run"].add(labels, _ts(run.finished_at) if run is not None else 0.0, text)
+            f["last_success"].add(labels, _ts(s.last_success_at), text)
+            for outcome in OUTCOMES:
+                f["outcome"].add(labels, float(run is not None and run.outcome == outcome), text, ("outcome", outcome))
+            f["running"].add(labels, s.running, text)
+            f["runs"].add(labels, s.runs_total, text)
+            f["failures"].add(labels, s.outcomes.get(Outcome.FAILED.value, 0), text)
+            f["errors"].add(labels, s.outcomes.get(Outcome.ERROR.value, 0), text)
+            f["skipped"].add(labels, s.skipped, text)
+            if c.interval is not None:
+                f["interval"].add(labels, c.interval, text)
+            if run is None:
+                continue
+            for kind, n in sorted(run.counts.items()):
+                f["findings"].add(labels, n, text, ("kind", kind))
+            f["duration"].add(labels, run.duration_seconds or 0.0, text)
+            f["bytes"].add(labels, run.bytes_verified, text)
+            f["files"].add(labels, run.files_verified, text)
+            if run.newest_mtime is not None:
+                f["newest"].add(labels, _ts(run.newest_mtime), text)
+        yield from f.values()
+
+
+def make_registry(collector: HistoryCollector) -> CollectorRegistry:
+    """A registry of its own (never the global one) holding the history collector only."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
