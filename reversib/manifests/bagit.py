@@ -215,8 +215,10 @@ class _BagReader:
                                          actual=f"length {length}", detail=f"fetch.txt line {lineno}"))
 
     # -- manifests -------------------------------------------------------------------------
-    def read_manifest(self, name: str, algorithm: str, payload: bool,
-                      merged: dict[str, tuple[ManifestEntry, set[str]]], extra: list[ManifestEntry]) -> None:
+    def read_manifest(self, name: str, algorithm: str, payload: bool, bit: int,
+                      merged: dict[str, list[Any]], extra: list[ManifestEntry]) -> None:
+        """Merge one (tag)manifest into `merged`: path -> [entry, bit mask of the manifests listing it]
+        (a mask, not a set of names: a bag may list millions of files)."""
         alg, hexlen = BAG_ALGORITHMS[algorithm]
         seen: set[str] = set()
         for lineno, text in self.lines(name):
@@ -243,11 +245,12 @@ class _BagReader:
                 extra.append(entry)  # listed twice in one manifest: finalize reports the duplicate
                 continue
             seen.add(path)
-            if path in merged:
-                merged[path][0].add_digest(alg, hexd.lower())
-                merged[path][1].add(name)
+            known = merged.get(path)
+            if known is not None:
+                known[0].add_digest(alg, hexd.lower())
+                known[1] |= bit
             else:
-                merged[path] = (entry, {name})
+                merged[path] = [entry, bit]
 
 
 def parse_bag(source: Source, path: str = "") -> Manifest:
@@ -263,9 +266,10 @@ def parse_bag(source: Source, path: str = "") -> Manifest:
         raise ManifestError(f"bag {bag.prefix or './'} has no payload manifest "
                             f"(manifest-<alg>.txt for {', '.join(BAG_ALGORITHMS)})")
     others = [n for n in ("bag-info.txt", "fetch.txt") if bag.present(n)]
-    payload: dict[str, tuple[ManifestEntry, set[str]]] = {}
-    tags: dict[str, tuple[ManifestEntry, set[str]]] = {}
+    payload: dict[str, list[Any]] = {}
+    tags: dict[str, list[Any]] = {}
     extra: list[ManifestEntry] = []
+    bits = {name: 1 << i for i, name in enumerate(payload_names)}
     for name in sorted(["bagit.txt", *payload_names, *tag_names, *others]):
         if name == "bagit.txt":
             bag.hasher.update(declaration)
@@ -274,16 +278,19 @@ def parse_bag(source: Source, path: str = "") -> Manifest:
         elif name == "fetch.txt":
             bag.read_fetch()
         elif name.startswith("manifest-"):
-            bag.read_manifest(name, name[len("manifest-"):-4], True, payload, extra)
+            bag.read_manifest(name, name[len("manifest-"):-4], True, bits[name], payload, extra)
         else:
-            bag.read_manifest(name, name[len("tagmanifest-"):-4], False, tags, extra)
-    every = set(payload_names)
-    for entry_path, (_, listed) in sorted(payload.items()):
-        if listed != every:
-            missing = ", ".join(sorted(every - listed))
+            bag.read_manifest(name, name[len("tagmanifest-"):-4], False, 0, tags, extra)
+    every = (1 << len(payload_names)) - 1
+    for entry_path, (_, mask) in sorted(payload.items()):
+        if mask != every:
+            listed = [n for n in payload_names if mask & bits[n]]
+            missing = ", ".join(n for n in payload_names if not mask & bits[n])
             bag.findings.append(Finding(
                 FindingKind.MANIFEST_INVALID, entry_path, expected="listed in every payload manifest",
-                actual=f"not listed in {missing}", detail=", ".join(sorted(listed))))
+                actual=f"not listed in {missing}", detail=", ".join(listed)))
     raw = [e for e, _ in payload.values()] + [e for e, _ in tags.values()] + extra
+    payload.clear()
+    tags.clear()
     return finalize("bagit", bag.prefix + "bagit.txt", raw, bag.findings, own_paths=bag.own,
                     unexpected_scope=bag.prefix + "data/", digest=bag.hasher.hexdigest(), expect=bag.expect)
