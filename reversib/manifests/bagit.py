@@ -282,15 +282,16 @@ def parse_bag(source: Source, path: str = "") -> Manifest:
         else:
             bag.read_manifest(name, name[len("tagmanifest-"):-4], False, 0, tags, extra)
     every = (1 << len(payload_names)) - 1
-    for entry_path, (_, mask) in sorted(payload.items()):
-        if mask != every:
-            listed = [n for n in payload_names if mask & bits[n]]
-            missing = ", ".join(n for n in payload_names if not mask & bits[n])
-            bag.findings.append(Finding(
-                FindingKind.MANIFEST_INVALID, entry_path, expected="listed in every payload manifest",
-                actual=f"not listed in {missing}", detail=", ".join(listed)))
-    raw = [e for e, _ in payload.values()] + [e for e, _ in tags.values()] + extra
+    incomplete = sorted((p, v[1]) for p, v in payload.items() if v[1] != every)
+    for entry_path, mask in incomplete:
+        listed = [n for n in payload_names if mask & bits[n]]
+        missing = ", ".join(n for n in payload_names if not mask & bits[n])
+        bag.findings.append(Finding(
+            FindingKind.MANIFEST_INVALID, entry_path, expected="listed in every payload manifest",
+            actual=f"not listed in {missing}", detail=", ".join(listed)))
+    raw = [v[0] for v in payload.values()]
     payload.clear()
-    tags.clear()
+    raw += [v[0] for v in tags.values()]
+    raw += extra
     return finalize("bagit", bag.prefix + "bagit.txt", raw, bag.findings, own_paths=bag.own,
                     unexpected_scope=bag.prefix + "data/", digest=bag.hasher.hexdigest(), expect=bag.expect)
