@@ -117,6 +117,19 @@ class FindingKind(str, enum.Enum):
     FETCH_REFERENCE = "fetch_reference"
     TIER_INSUFFICIENT = "tier_insufficient"
     SOURCE_ERROR = "source_error"
+    MANIFEST_UNSIGNED = "manifest_unsigned"
+    MANIFEST_SIGNATURE_INVALID = "manifest_signature_invalid"
+    ENTRY_VANISHED = "entry_vanished"
+    DIGEST_CHANGED = "digest_changed"
+    DUMP_TRUNCATED = "dump_truncated"
+    DUMP_UNREADABLE = "dump_unreadable"
+    DUMP_REFUSED = "dump_refused"
+    DUMP_UNVERIFIABLE = "dump_unverifiable"
+    TABLE_MISSING = "table_missing"
+    ROW_COUNT_MISMATCH = "row_count_mismatch"
+    ASSERTION_FAILED = "assertion_failed"
+    RESTORE_FAILED = "restore_failed"
+    RESTORED = "restored"
 
     @property
     def info(self) -> KindInfo:
@@ -163,6 +176,31 @@ KIND_INFO: dict[FindingKind, KindInfo] = {
     FindingKind.SOURCE_ERROR: KindInfo(
         Severity.ERROR, "the source could not be listed or reached: nothing can be concluded", True
     ),
+    FindingKind.MANIFEST_UNSIGNED: KindInfo(
+        Severity.ERROR, "the check requires a signed manifest and no signature file was delivered"
+    ),
+    FindingKind.MANIFEST_SIGNATURE_INVALID: KindInfo(
+        Severity.ERROR, "the manifest's signature does not verify (altered manifest, unknown key, wrong identity)"
+    ),
+    FindingKind.ENTRY_VANISHED: KindInfo(
+        Severity.ERROR, "append-only dataset: a file verified before is no longer listed in the manifest"
+    ),
+    FindingKind.DIGEST_CHANGED: KindInfo(
+        Severity.ERROR, "append-only dataset: a file's digest differs from the one reversib verified before"
+    ),
+    FindingKind.DUMP_TRUNCATED: KindInfo(Severity.ERROR, "a database dump ends before its end (no footer, cut stream)"),
+    FindingKind.DUMP_UNREADABLE: KindInfo(Severity.ERROR, "a database dump cannot be decoded or parsed"),
+    FindingKind.DUMP_REFUSED: KindInfo(
+        Severity.ERROR, "a plain dump holds client commands or statements leaving the scratch database: not run"
+    ),
+    FindingKind.DUMP_UNVERIFIABLE: KindInfo(
+        Severity.ERROR, "a dump could not be checked (client tool missing or too old, restore server refused)", True
+    ),
+    FindingKind.TABLE_MISSING: KindInfo(Severity.ERROR, "an expected table is not in the dump"),
+    FindingKind.ROW_COUNT_MISMATCH: KindInfo(Severity.ERROR, "a restored table has a wrong number of rows"),
+    FindingKind.ASSERTION_FAILED: KindInfo(Severity.ERROR, "an SQL assertion on the restored data is not true"),
+    FindingKind.RESTORE_FAILED: KindInfo(Severity.ERROR, "restoring the dump into a scratch database failed"),
+    FindingKind.RESTORED: KindInfo(Severity.INFO, "the dump was restored and checked (duration and volume)"),
 }
 
 
@@ -246,6 +284,8 @@ class RunResult:
     manifest_digest: str | None = None
     newest_mtime: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    restore_seconds: float | None = None  # database dumps restored in this run: total wall time
+    restore_bytes: int | None = None  # and the dump bytes fed to the restore tools
 
     @property
     def counts(self) -> dict[str, int]:
@@ -287,6 +327,8 @@ class RunResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_seconds": round(self.duration_seconds, 6),
+            "restore_seconds": None if self.restore_seconds is None else round(self.restore_seconds, 6),
+            "restore_bytes": self.restore_bytes,
             "findings": [f.to_dict() for f in self.findings],
         }
 

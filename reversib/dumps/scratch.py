@@ -1,0 +1,220 @@
+"""Scratch databases: the restore target (a server URL and a role, never a database), the scratch
+database's life (created by reversib, dropped on success, failure or interruption), and the removal
+at start of scratch databases left by runs that are no longer alive.
+
+A scratch database is named `reversib_restore_<run id>`.  One is removed at start only when its run
+is known to the history and is not running, or is `running` on this host in a process that no
+longer exists (the rule of `History.reap_dead_runs`).  A run of another host, a live process, or a
+run unknown to this history keeps its database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from reversib.config import DumpRestoreConfig
+from reversib.dumps.base import clean_env, find_tool, run_tool, unverifiable
+from reversib.sources.base import CancelToken
+
+if TYPE_CHECKING:
+    from reversib.history import History
+
+log = logging.getLogger("reversib.dumps")
+
+PREFIX = "reversib_restore_"
+SCRATCH_RE = re.compile(r"^reversib_restore_([0-9a-f]{32})$")
+PG_MAINTENANCE = ("", "postgres", "template1")
+
+
+@dataclass(frozen=True)
+class Target:
+    family: str  # "postgres" or "mysql"
+    host: str
+    port: int
+    user: str
+    password: str | None
+    params: dict[str, str]
+
+    def describe(self) -> str:
+        return f"{self.family}://{self.user}@{self.host}:{self.port}"
+
+    def pg_env(self, database: str, options: str = "") -> dict[str, str]:
+        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGDATABASE": database,
+               "PGAPPNAME": "reversib", "PGCONNECT_TIMEOUT": "15"}
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        for key in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+            if key in self.params:
+                env["PG" + key.upper()] = self.params[key]
+        if options:
+            env["PGOPTIONS"] = options
+        return clean_env(env)
+
+
+def read_target(cfg: DumpRestoreConfig) -> str:
+    if cfg.target_url_env:
+        value = os.environ.get(cfg.target_url_env, "").strip()
+        if not value:
+            raise unverifiable(f"restore.target_url_env: environment variable {cfg.target_url_env} is not set")
+        return value
+    assert cfg.target_url_file is not None
+    try:
+        value = Path(cfg.target_url_file).read_text().strip()
+    except OSError as exc:
+        raise unverifiable(f"restore.target_url_file: cannot read {cfg.target_url_file}: {exc.strerror}") from exc
+    if not value:
+        raise unverifiable(f"restore.target_url_file: {cfg.target_url_file} is empty")
+    return value
+
+
+def parse_target(url: str) -> Target:
+    """A server URL and role.  A URL naming a database other than the maintenance one is refused.
+    Messages never contain the password."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0].lower()
+    family = {"postgres": "postgres", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(scheme)
+    shown = f"{scheme}://{parts.hostname or ''}"
+    if family is None:
+        raise unverifiable(f"restore target {shown}: the scheme must be postgresql:// or mysql://")
+    if not parts.username:
+        raise unverifiable(f"restore target {shown}: the URL must name a role (postgresql://ROLE@HOST:PORT/)")
+    database = unquote(parts.path.lstrip("/"))
+    allowed = PG_MAINTENANCE if family == "postgres" else ("",)
+    if database not in allowed:
+        raise unverifiable(f"restore target {shown}: the URL names the database {database!r}; give a server and a "
+                           "role only: reversib restores into a scratch database it creates")
+    params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    default_port = 5432 if family == "postgres" else 3306
+    return Target(family, parts.hostname or "127.0.0.1", parts.port or default_port, unquote(parts.username),
+                  unquote(parts.password) if parts.password is not None else None, params)
+
+
+def scratch_name(run_id: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return PREFIX + run_id
+
+
+def run_is_dead(history: History, run_id: str) -> bool:
+    """True when the scratch database of `run_id` can be removed (see the module docstring)."""
+    from reversib import history as hist
+
+    run = history.get_run(run_id)
+    if run is None:
+        return False  # not ours to judge: another history, another reversib
+    if run.state != "running":
+        return True
+    if run.host != hist.storable(history.host):
+        return False
+    if run.pid == os.getpid():
+        return run_id not in hist._RUNS_OF_THIS_PROCESS
+    return not hist._pid_alive(run.pid)
+
+
+# ------------------------------------------------------------------------------------- PostgreSQL
+
+
+def psql(target: Target, sql: str, cancel: CancelToken, *, database: str = "postgres", options: str = "",
+         timeout: float = 120) -> list[str]:
+    """Run `sql` (from stdin, never argv) with psql; the result rows (unaligned, tuples only)."""
+    res = run_tool([find_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                   env=target.pg_env(database, options), cancel=cancel, timeout=timeout,
+                   stdin=[sql.encode()])
+    if res.returncode != 0 or res.timed_out:
+        raise PsqlError(res.error_lines())
+    return res.stdout.decode("utf-8", "replace").splitlines()
+
+
+class PsqlError(Exception):
+    pass
+
+
+def pg_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class PgServer:
+    """What one query learnt about the restore server before a restore."""
+
+    scratch: list[str]  # reversib_restore_* databases on the server
+    data_directory: str | None  # when the role may read it
+
+
+_PREFLIGHT = """SELECT 'R|' || rolsuper || '|' || rolcreatedb || '|'
+  || pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER') || '|'
+  || pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') || '|'
+  || pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') FROM pg_roles WHERE rolname = current_user;
+SELECT 'D|' || datname FROM pg_database WHERE datname LIKE 'reversib\\_restore\\_%' ORDER BY datname;
+SELECT 'S|' || setting FROM pg_settings WHERE name = 'data_directory';
+"""
+
+
+def pg_preflight(target: Target, cancel: CancelToken) -> PgServer:
+    """One round trip: the restore role must not be a superuser nor able to run programs or touch
+    server files, and needs CREATEDB; also the scratch databases present and the data directory."""
+    try:
+        rows = psql(target, _PREFLIGHT, cancel)
+    except PsqlError as exc:
+        raise unverifiable(f"restore server {target.describe()} unreachable: {exc}",
+                           "a reachable restore server") from exc
+    role = [r.split("|")[1:] for r in rows if r.startswith("R|")]
+    if len(role) != 1 or len(role[0]) != 5:
+        raise unverifiable(f"restore server {target.describe()}: cannot read the role's attributes")
+    superuser, createdb, program, write, read = (f == "true" for f in role[0])
+    if superuser or program or write or read:
+        why = "a superuser" if superuser else "a member of pg_execute_server_program/pg_*_server_files"
+        raise unverifiable(f"restore role {target.user!r} is {why}: a dump is untrusted input; restore as a "
+                           "role with only LOGIN and CREATEDB (docs/dumps.md)",
+                           "a restore role that is not a superuser")
+    if not createdb:
+        raise unverifiable(f"restore role {target.user!r} lacks CREATEDB: reversib creates its scratch database",
+                           "a restore role with CREATEDB")
+    data_dir = [r[2:] for r in rows if r.startswith("S|")]
+    return PgServer([r[2:] for r in rows if r.startswith("D|")], data_dir[0] if data_dir else None)
+
+
+def pg_create(target: Target, name: str, cancel: CancelToken) -> None:
+    try:
+        psql(target, f"CREATE DATABASE {pg_ident(name)} TEMPLATE template0;", cancel)
+    except PsqlError as exc:
+        raise unverifiable(f"cannot create the scratch database {name} on {target.describe()}: {exc}") from exc
+
+
+def pg_drop(target: Target, name: str) -> bool:
+    """Drop a scratch database (never cancelled: this is the cleanup).  False when it failed."""
+    assert SCRATCH_RE.match(name)
+    try:
+        psql(target, f"DROP DATABASE IF EXISTS {pg_ident(name)} WITH (FORCE);", CancelToken(), timeout=60)
+    except PsqlError as exc:
+        log.error("could not drop the scratch database %s on %s: %s", name, target.describe(), exc)
+        return False
+    return True
+
+
+def pg_remove_dead(target: Target, history: History, scratch: list[str]) -> list[str]:
+    """Drop the scratch databases (of `scratch`) whose run is no longer alive; their names."""
+    removed = []
+    for name in scratch:
+        m = SCRATCH_RE.match(name.strip())
+        if m and run_is_dead(history, m.group(1)) and pg_drop(target, name.strip()):
+            log.warning("removed the scratch database %s left by run %s, which is no longer alive", name,
+                        m.group(1))
+            removed.append(name.strip())
+    return removed
+
+
+def host_is_local(host: str) -> bool:
+    if host.startswith("/") or host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        return socket.gethostbyname(host) in ("127.0.0.1", "127.0.1.1")
+    except OSError:
+        return False
