@@ -30,10 +30,24 @@ class ManifestError(Exception):
 _ALGS: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned algorithm tuples, shared by all entries
 
 
+def _to_raw(hexdigest: str) -> bytes | str:
+    """Lowercase hex -> its bytes (half the memory); anything else is kept as given."""
+    try:
+        raw = bytes.fromhex(hexdigest)
+    except ValueError:
+        return hexdigest
+    return raw if raw.hex() == hexdigest else hexdigest
+
+
+def _to_hex(raw: bytes | str) -> str:
+    return raw.hex() if isinstance(raw, bytes) else raw
+
+
 class ManifestEntry:
     """One manifest entry.  Stored compactly (a manifest may list millions of files): the
-    algorithm names are one shared tuple and a single digest is kept as a bare string, so an entry
-    costs about half of a dataclass holding a dict.  `digests` reads as a dict."""
+    algorithm names are one shared tuple and a digest is kept as raw bytes, not a dict of hex
+    strings, so an entry costs about a third of a dataclass holding a dict.  `digests` reads as a
+    dict of lowercase hex."""
 
     __slots__ = ("_algs", "_hex", "line", "mtime", "path", "size")
 
@@ -47,22 +61,24 @@ class ManifestEntry:
 
     @property
     def digests(self) -> dict[str, str]:
-        if isinstance(self._hex, str):
-            return {self._algs[0]: self._hex}
-        return dict(zip(self._algs, self._hex, strict=True))
+        raw = self._hex
+        if not isinstance(raw, tuple):
+            return {self._algs[0]: _to_hex(raw)}
+        return {a: _to_hex(h) for a, h in zip(self._algs, raw, strict=True)}
 
     @digests.setter
     def digests(self, value: dict[str, str]) -> None:
         key = tuple(value)
         self._algs = _ALGS.setdefault(key, key)
-        values = tuple(value.values())
-        self._hex: str | tuple[str, ...] = values[0] if len(values) == 1 else values
+        values = tuple(_to_raw(h) for h in value.values())
+        self._hex: bytes | str | tuple[bytes | str, ...] = values[0] if len(values) == 1 else values
 
     def mismatches(self, got: dict[str, str]) -> list[str]:
         """Algorithms of `got` whose digest differs from this entry's (fast path: one digest)."""
-        if isinstance(self._hex, str):
+        raw = self._hex
+        if not isinstance(raw, tuple):
             alg = self._algs[0]
-            return [a for a, h in got.items() if a != alg or h != self._hex]
+            return [a for a, h in got.items() if a != alg or _to_raw(h) != raw]
         expected = self.digests
         return [a for a, h in got.items() if expected.get(a) != h]
 
