@@ -846,6 +846,10 @@ import suite_daemon  # noqa: E402 - bench/suite_daemon.py: the daemon soak
 
 suite_daemon.install(sys.modules[__name__])
 
+import suite_report  # noqa: E402 - bench/suite_report.py: `reversib report` over a year of runs
+
+suite_report.install(sys.modules[__name__])
+
 
 # --------------------------------------------------------------------------------------------
 # Command line

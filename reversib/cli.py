@@ -92,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="where to serve HTTP (default: daemon.listen, 127.0.0.1:8637)")
 
+    p = sub.add_parser("audit", help="evidence: verify the tamper-evident history")
+    asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    a = asub.add_parser("verify", parents=[common], help="walk every chain of runs; exit 1 naming the first "
+                                                          "record altered, removed or inserted")
+    a.add_argument("--against", metavar="HEADS", help="also check the database against this signed chain heads file")
+    a.add_argument("--public-key", metavar="FILE",
+                   help="Ed25519 public key checking the signatures (default: from evidence.signing_key_file)")
+    a.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("report", parents=[common], help="reversibility indicators over a period (html, json, md)")
+    p.add_argument("--check", action="append", metavar="NAME", help="only this check (repeatable; default: all)")
+    p.add_argument("--since", default="90d", metavar="PERIOD",
+                   help="start of the period: a duration back from --until (90d) or a date (2026-01-01)")
+    p.add_argument("--until", metavar="DATE", help="end of the period: a date or ISO time, UTC (default: now)")
+    p.add_argument("--format", choices=["html", "json", "md"], default="md", help="output format (default md)")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE (default: stdout)")
+    p.add_argument("--verify", metavar="FILE", help="verify a signed JSON report instead (exit 0 valid, 1 not)")
+    p.add_argument("--public-key", metavar="FILE",
+                   help="Ed25519 public key for --verify (default: from evidence.signing_key_file)")
+
     p = sub.add_parser("manifest", help="manifest tools")
     msub = p.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND", parser_class=_Parser)
     c = msub.add_parser("create", parents=[common], help="write a manifest for a folder")
@@ -120,6 +140,14 @@ def _history(args: argparse.Namespace, settings: Any) -> Any:
     from reversib.history import History
 
     history = History.open(settings.history_url(args.history))
+    if settings.daemon.evidence.heads_path:  # signed chain heads after each run (docs/evidence.md)
+        try:
+            from reversib.evidence.anchor import attach
+
+            attach(history, settings.daemon.evidence)
+        except BaseException:
+            history.close()
+            raise
     reaped = history.reap_dead_runs()
     for run_id in reaped:
         log.warning("run %s was left running by a process that ended: recorded as interrupted", run_id)
@@ -314,7 +342,115 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
-COMMANDS = {"verify-now": cmd_verify_now, "run": cmd_run, "check-config": cmd_check_config, "checks": cmd_checks,
+def _public_key(args: argparse.Namespace, settings: Any) -> Any:
+    from reversib.evidence.anchor import SignatureError, load_public_key
+
+    path = args.public_key or settings.daemon.evidence.signing_key_file
+    if not path:
+        raise UsageError("no key to check signatures with: give --public-key or set evidence.signing_key_file")
+    try:
+        return load_public_key(path)
+    except SignatureError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    if args.audit_command != "verify":
+        raise UsageError("usage: reversib audit verify [--against HEADS]")
+    from reversib.evidence.anchor import SignatureError, load_heads
+    from reversib.evidence.audit import verify_chains
+    from reversib.history import History
+
+    settings = _settings(args)
+    against = None
+    if args.against:
+        try:
+            against = load_heads(args.against, _public_key(args, settings))
+        except SignatureError as exc:
+            print(f"reversib: the chain heads file {args.against} cannot be trusted: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.against}: {exc.strerror}") from None
+    with History.open(settings.history_url(args.history)) as history:
+        report = verify_chains(history, against)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for p in report.first_problems():
+            print(f"{p.check_id}: {p.kind}: {p.message}")
+        extra = len(report.problems) - len(report.first_problems())
+        verdict = "OK" if report.ok else f"TAMPERED ({len(report.problems)} problems, {extra} after the first ones)"
+        print(f"{verdict}: {len(report.checks)} chains, {report.links} links"
+              + (f", {report.anchored} heads checked against {args.against}" if args.against else ""))
+    return EXIT_PASSED if report.ok else EXIT_FAILED
+
+
+def _when(text: str, option: str) -> Any:
+    import datetime as dt
+
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{option}: expected a date (2026-01-01) or ISO time, got {text!r}") from None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    settings = _settings(args)
+    if args.verify:
+        from reversib.evidence.anchor import SignatureError, verify_file
+
+        key = _public_key(args, settings)
+        try:
+            verify_file(args.verify, key)
+        except SignatureError as exc:
+            print(f"reversib: {args.verify}: NOT VALID: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.verify}: {exc.strerror}") from None
+        print(f"{args.verify}: valid signature")
+        return EXIT_PASSED
+    from reversib.evidence import report as rep
+    from reversib.history import History
+    from reversib.units import parse_duration
+
+    with History.open(settings.history_url(args.history)) as history:
+        until = _when(args.until, "--until") if args.until else history._now()
+        try:
+            since = until - dt.timedelta(seconds=parse_duration(args.since))
+        except ValueError:
+            since = _when(args.since, "--since")
+        if since >= until:
+            raise UsageError("--since must be before --until")
+        ids = None
+        if args.check:
+            ids = []
+            for name in args.check:
+                found = settings.find(name)
+                ids.append(found.check_id if found else name)
+        doc = rep.build_report(history, settings.checks, since=since, until=until, check_ids=ids)
+    if args.format == "json":
+        from reversib.evidence.anchor import load_private_key, render, sign_document
+
+        key_file = settings.daemon.evidence.signing_key_file
+        if key_file:
+            doc = sign_document(doc, load_private_key(key_file))
+        text = render(doc).decode("utf-8")
+    elif args.format == "md":
+        text = rep.render_markdown(doc)
+    else:
+        text = rep.render_html(doc)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_PASSED
+
+
+COMMANDS = {"audit": cmd_audit, "report": cmd_report,
+            "verify-now": cmd_verify_now, "run": cmd_run, "check-config": cmd_check_config, "checks": cmd_checks,
             "history": cmd_history, "manifest": cmd_manifest}
 
 

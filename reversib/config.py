@@ -85,10 +85,21 @@ class GenerationConfig(Strict):
         return "%" in self.pattern
 
 
+class SignatureConfig(Strict):
+    """The manifest must be signed (OpenSSH signature `<manifest>.sig`, docs/evidence.md)."""
+
+    allowed_signers_file: str = Field(description="OpenSSH allowed-signers file (relative to the check file)")
+    identity: str = Field(min_length=1, description="the signer identity the allowed-signers file names")
+    namespace: str = Field("file", min_length=1, description="the signature namespace (ssh-keygen -Y sign -n)")
+    required: bool = Field(True, description="an unsigned manifest is an error (false: a warning)")
+
+
 class ManifestConfig(Strict):
     path: str | None = Field(None, description="manifest inside the export (relative to the export root)")
     location: str | None = Field(None, description="manifest outside the export (path relative to the check file)")
     format: str = Field("auto", description="one of " + ", ".join(FORMATS))
+    signature: SignatureConfig | None = Field(None, description="require an OpenSSH-signed manifest")
+    append_only: bool = Field(False, description="files never vanish nor change between generations")
 
     @field_validator("format")
     @classmethod
@@ -101,6 +112,9 @@ class ManifestConfig(Strict):
     def _one_place(self) -> ManifestConfig:
         if self.path is not None and self.location is not None:
             raise ValueError("give either manifest.path (inside the export) or manifest.location, not both")
+        if self.signature is not None and self.location is not None:
+            raise ValueError("manifest.signature needs the manifest inside the export (manifest.path), "
+                             "not manifest.location")
         return self
 
 
@@ -175,6 +189,49 @@ class CompletionConfig(Strict):
                                         "apart: any change in names, sizes or mtimes defers the run")
 
 
+DumpKind = Literal["auto", "postgres-custom", "postgres-directory", "postgres-tar", "postgres-plain", "mysql",
+                   "sqlite"]
+ROW_COUNT_RE = re.compile(r"^\s*(>=)?\s*(\d+)\s*$")
+
+
+class DumpRestoreConfig(Strict):
+    """`dumps[].restore`: restore into a scratch database on this server (a server URL and a role)."""
+
+    target_url_env: str | None = Field(None, description="environment variable holding the server URL")
+    target_url_file: str | None = Field(None, description="file holding the server URL")
+    every: Duration | None = Field(None, ge=0, description="restore at most this often (none: every run)")
+    statement_timeout: Duration = Field(300.0, gt=0, description="timeout of each expectation query")
+    max_restore_seconds: Duration = Field(21600.0, gt=0, description="the restore is stopped after this long")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DumpRestoreConfig:
+        if (self.target_url_env is None) == (self.target_url_file is None):
+            raise ValueError("give exactly one of restore.target_url_env or restore.target_url_file")
+        return self
+
+
+class DumpConfig(Strict):
+    """One `dumps:` item: database dump file(s) inside the export, checked after verification."""
+
+    path: str = Field(min_length=1, description="glob (relative to the export root) naming the dump file(s)")
+    kind: DumpKind = Field("auto", description="dump format (auto: detected from the content)")
+    compression: Literal["auto", "none", "gzip", "zstd"] = Field("auto", description="outer compression")
+    expect_tables: list[str] = Field(default_factory=list, description="tables the dump must contain")
+    row_counts: dict[str, int | str] = Field(default_factory=dict,
+                                             description="table -> exact count, or \">= N\"")
+    assertions: list[str] = Field(default_factory=list, description="SQL queries that must return true")
+    restore: DumpRestoreConfig | None = Field(None, description="restore level (none: structural level only)")
+
+    @field_validator("row_counts")
+    @classmethod
+    def _counts(cls, v: dict[str, int | str]) -> dict[str, int | str]:
+        for table, want in v.items():
+            if isinstance(want, bool) or (isinstance(want, int) and want < 0) or \
+                    (isinstance(want, str) and not ROW_COUNT_RE.match(want)):
+                raise ValueError(f"row_counts.{table}: a non-negative integer or \">= N\", got {want!r}")
+        return v
+
+
 class CheckConfig(Strict):
     """One check, as read from checks/NAME.yaml (relative paths already resolved)."""
 
@@ -192,6 +249,7 @@ class CheckConfig(Strict):
     schedule: ScheduleConfig | None = None
     expect: ExpectConfig = Field(default_factory=lambda: ExpectConfig())
     fixity: FixityConfig = Field(default_factory=lambda: FixityConfig())
+    dumps: list[DumpConfig] = Field(default_factory=list, description="database dumps to check (docs/dumps.md)")
 
     @field_validator("id")
     @classmethod
@@ -309,8 +367,24 @@ class RunDaemonConfig(Strict):
         return None
 
 
+class EvidenceConfig(Strict):
+    """Signed chain heads and signed reports (docs/evidence.md)."""
+
+    signing_key_file: str | None = Field(None, description="Ed25519 private key file (OpenSSH or PEM), "
+                                                           "signs the chain heads and reports")
+    heads_path: str | None = Field(None, description="file where the signed chain heads are written after "
+                                                     "each run (outside the database's reach)")
+
+    @model_validator(mode="after")
+    def _key_for_heads(self) -> EvidenceConfig:
+        if self.heads_path is not None and self.signing_key_file is None:
+            raise ValueError("evidence.heads_path needs evidence.signing_key_file (the heads are signed)")
+        return self
+
+
 class DaemonConfig(Strict):
     version: Literal[1] = Field(description="config file format version")
+    evidence: EvidenceConfig = Field(default_factory=lambda: EvidenceConfig())
     history: HistoryConfig = Field(default_factory=lambda: HistoryConfig())
     checks_dir: str | None = Field(None, description="folder of check files (relative to this file)")
     defaults: DefaultsConfig = Field(default_factory=lambda: DefaultsConfig())
@@ -428,9 +502,17 @@ def load_check(path: Path, defaults: DefaultsConfig, errors: list[str]) -> Check
             for key, value in opts.items():
                 if isinstance(value, str) and (key.endswith("_file") or key in PATH_OPTIONS):
                     opts[key] = _resolve(base, value)
+    dumps = data.get("dumps")
+    for dump in dumps if isinstance(dumps, list) else []:
+        restore = dump.get("restore") if isinstance(dump, dict) else None
+        if isinstance(restore, dict) and isinstance(restore.get("target_url_file"), str):
+            restore["target_url_file"] = _resolve(base, restore["target_url_file"])
     man = data.get("manifest")
     if isinstance(man, dict) and isinstance(man.get("location"), str):
         man["location"] = _resolve(base, man["location"])
+    sig = man.get("signature") if isinstance(man, dict) else None
+    if isinstance(sig, dict) and isinstance(sig.get("allowed_signers_file"), str):
+        sig["allowed_signers_file"] = _resolve(base, sig["allowed_signers_file"])
     if defaults.fixity:
         data["fixity"] = _merge(defaults.fixity, data.get("fixity"))
     try:
@@ -466,6 +548,11 @@ def load_settings(path: Path | None) -> Settings:
                 h["url_file"] = _resolve(path.parent, h["url_file"])
         if isinstance(data.get("checks_dir"), str):
             data["checks_dir"] = _resolve(path.parent, data["checks_dir"])
+        ev = data.get("evidence")
+        if isinstance(ev, dict):
+            for key in ("signing_key_file", "heads_path"):
+                if isinstance(ev.get(key), str):
+                    ev[key] = _resolve(path.parent, ev[key])
         d = data.get("daemon")
         if isinstance(d, dict) and isinstance(d.get("api_token_file"), str):
             d["api_token_file"] = _resolve(path.parent, d["api_token_file"])

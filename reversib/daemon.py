@@ -445,6 +445,10 @@ def serve(settings: Settings, *, listen: str | None = None, history_url: str | N
     try:
         history = History.open(url)
         try:
+            if settings.daemon.evidence.heads_path:  # signed chain heads after each run (docs/evidence.md)
+                from reversib.evidence.anchor import attach
+
+                attach(history, settings.daemon.evidence)
             for run_id in history.reap_dead_runs():
                 log.warning("run %s was left running by a process that ended: recorded as interrupted", run_id)
             daemon = Daemon(settings, history)

@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import hashlib
 import itertools
+import logging
 import math
 import os
 import socket
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 # The Alembic head this code expects; tests assert it equals the migration scripts' head.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BATCH_SIZE = 5000
 _PG_SCHEMA_LOCK = 0x7265766572736962  # "reversib": pg_advisory_xact_lock key for schema upgrades
@@ -544,6 +545,9 @@ class History:
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self.migrations_run = 0  # how many times ensure_schema had to run Alembic
+        # Called with the check id after each completed run is committed (evidence: anchoring the chain
+        # heads); an exception there is logged, never raised: the run is already recorded.
+        self.after_finish: list[Callable[[str], None]] = []
         self._engine = create_history_engine(url)
         self._password = self._engine.url.password
 
@@ -772,8 +776,17 @@ class History:
                     ],
                 )
             self._upsert_entries(conn, run.check_id, run.id, entries)
+            _chain.link_run(conn, run.id, finished_at)  # the check's hash chain, same transaction (evidence)
         _RUNS_OF_THIS_PROCESS.discard(run.id)
+        self._after_finish(run.check_id)
         return digest
+
+    def _after_finish(self, check_id: str) -> None:
+        for callback in self.after_finish:
+            try:
+                callback(check_id)
+            except Exception:
+                logging.getLogger("reversib.history").exception("after-finish hook failed for %s", check_id)
 
     def _upsert_entries(self, conn: Connection, check_id: str, run_id: str, entries: Iterable[EntryRecord]) -> None:
         """Bulk upsert, one statement per batch of BATCH_SIZE.  Values are encoded here (not by SQLAlchemy's
@@ -825,7 +838,9 @@ class History:
             )
             check_id = conn.execute(sa.select(runs_t.c.check_id).where(runs_t.c.id == run_id)).scalar_one()
             _count_run(conn, check_id, Outcome.ERROR.value)
+            _chain.link_run(conn, run_id, now)  # the check's hash chain, same transaction (evidence)
         _RUNS_OF_THIS_PROCESS.discard(run_id)
+        self._after_finish(check_id)
         return True
 
     def reap_dead_runs(self) -> list[str]:
@@ -1021,3 +1036,7 @@ class History:
             if len(page) < BATCH_SIZE:
                 return
             after = page[-1][0]
+
+
+# The evidence chain's tables share this metadata; imported last (it imports this module).
+from reversib.evidence import chain as _chain  # noqa: E402

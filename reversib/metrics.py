@@ -158,6 +158,38 @@ class HistoryCollector(Collector):
         up.add({}, 1)
         yield up
         yield from self._checks(checks, summaries)
+        yield from self._indicators(checks)
+
+    def _indicators(self, checks: Sequence[ScheduledCheck]) -> Iterator[_Family]:
+        """The evidence indicators over the last 30 days (docs/evidence.md), for the checks with an
+        `expect.deadline` only: one query over their recent runs, none when no check has a deadline."""
+        if not any(c.check.expect.deadline is not None for c in checks):
+            return
+        from datetime import datetime, timezone
+
+        from reversib.evidence.indicators import METRICS_DAYS, recent
+
+        try:
+            found = recent(self.history, [c.check for c in checks], datetime.fromtimestamp(self.clock(), timezone.utc))
+        except HistoryError as exc:
+            log.error("metrics: cannot read the indicators: %s", exc)
+            return
+        ratio = _Family("reversib_check_on_time_ratio", f"share of the delivery windows of the last {METRICS_DAYS} "
+                        "days whose export passed by expect.deadline (unmeasured windows left out)", "gauge")
+        unmeasured = _Family("reversib_check_unmeasured_windows", f"delivery windows of the last {METRICS_DAYS} days "
+                             "that reversib could not measure (down, or could not verify)", "gauge")
+        cnv = _Family("reversib_check_could_not_verify_ratio",
+                      f"share of the runs of the last {METRICS_DAYS} days with outcome error", "gauge")
+        for c in checks:
+            ind = found.get(c.check.check_id)
+            if ind is None:
+                continue
+            if ind.on_time_ratio is not None:
+                ratio.add(c.labels, ind.on_time_ratio, c.label_text)
+            unmeasured.add(c.labels, ind.count("unmeasured"), c.label_text)
+            if ind.could_not_verify_ratio is not None:
+                cnv.add(c.labels, ind.could_not_verify_ratio, c.label_text)
+        yield from (ratio, unmeasured, cnv)
 
     def _checks(self, checks: Sequence[ScheduledCheck], summaries: dict[str, CheckSummary]) -> Iterator[_Family]:
         f = {

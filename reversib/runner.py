@@ -22,7 +22,7 @@ from reversib.manifests.base import Manifest, ManifestError
 from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, Severity, Trigger, decide_outcome
 from reversib.sources import open_source, scheme_of
 from reversib.sources.base import Cancelled, CancelToken, RateLimiter, Source, SourceError
-from reversib.verify import VerifyOptions, VerifyReport, verify
+from reversib.verify import VerifyOptions, VerifyReport, previous_composites, verify
 
 if TYPE_CHECKING:
     from reversib.history import EntryRecord, History
@@ -62,7 +62,7 @@ def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigge
     deferred = False
     interrupt: BaseException | None = None
     try:
-        report = _execute(check, result, clock, cancel, progress)
+        report = _execute(check, result, clock, cancel, progress, history)
     except _Deferred as exc:
         deferred = True
         result.error = None
@@ -109,7 +109,7 @@ def _entry_records(report: VerifyReport | None) -> Iterator[EntryRecord]:
 
 
 def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], cancel: CancelToken,
-             progress: ProgressHook | None) -> VerifyReport | None:
+             progress: ProgressHook | None, history: History | None = None) -> VerifyReport | None:
     now = clock()
     limiter = RateLimiter(check.source.rate_limit)
     root = open_source(check.source.url, check.source, cancel=cancel, limiter=limiter)
@@ -149,6 +149,10 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
             return None
         result.manifest_digest = manifest.digest
         result.manifest_entries = len(manifest.entries)
+        if check.manifest.signature is not None or check.manifest.append_only:  # docs/evidence.md
+            from reversib.evidence.signatures import check_manifest
+
+            own |= check_manifest(check, export, manifest, result, history)
         if progress is not None:
             sizes = [e.size for e in manifest.entries]
             total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
@@ -157,13 +161,19 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
         options = VerifyOptions(fixity=fx.enabled, algorithms=fx.algorithms, parallelism=fx.parallelism,
                                 require_tier=fx.require_tier, accept=frozenset(fx.accept),
                                 ignore=tuple(check.ignore),
-                                allow_unexpected=check.allow_unexpected, own_paths=frozenset(own))
+                                allow_unexpected=check.allow_unexpected, own_paths=frozenset(own),
+                                previous=previous_composites(history.entry_states(check.check_id))
+                                if history is not None and fx.accept else {})
         report = verify(export, manifest, options, clock=clock,
                         progress=progress.advance if progress is not None else None)
         result.findings.extend(report.findings)
         for name in ("tiers", "bytes_verified", "files_verified", "files_listed", "bytes_listed", "newest_mtime"):
             setattr(result, name, getattr(report, name))
         result.findings.extend(_expectations(check, manifest, report, now))
+        if check.dumps:  # database dumps of this export (docs/dumps.md): after verification
+            from reversib.dumps import check_dumps
+
+            check_dumps(check, export, report, result, history, cancel, now)
         return report
     finally:
         export.close()

@@ -10,21 +10,25 @@ file of a latency-bound source -- go to a bounded thread pool (hashlib and reads
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from reversib import digests
 from reversib.globs import GlobSet
 from reversib.manifests.base import Manifest, ManifestEntry, normalized_name
 from reversib.model import Finding, FindingKind, Severity, Tier
-from reversib.sources.base import Cancelled, Entry, EntryType, Source
+from reversib.sources.base import Cancelled, Entry, EntryType, Source, StoredDigests
 
 INLINE_MAX = 4 << 20  # files up to this size are hashed inline on a non-latency-bound source
+# Keys added to a verified entry's digests next to a source's composite values (stream.extra_digests):
+PARTS_AT = "parts-verified-at"  # when the full download that derived them took place (UTC, ISO 8601)
+COMPARED = "compared"  # on an entry verified by its composite values: which comparison was made
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class VerifyOptions:
     ignore: tuple[str, ...] = ()
     allow_unexpected: bool = False
     own_paths: frozenset[str] = frozenset()  # manifest file, completion marker...
+    # path -> digests recorded at the entry's last verification, for entries with composite values (PARTS_AT)
+    previous: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class Verified:
@@ -223,18 +229,24 @@ class Verifier:
     def _download(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> _Outcome:
         if self._cheap_algorithms:
             cheap = tuple(a for a in algorithms if a in self._cheap_algorithms)
-            if cheap:
+            if cheap or m.path in self.options.previous:
                 outcome = self._without_download(m, e, cheap)
                 if outcome is not None:
                     return outcome
         try:
             with self.source.open_range(m.path) as stream:
                 got, nbytes = digests.hash_stream(stream, list(algorithms), self._buffer())
+                extra = getattr(stream, "extra_digests", None)
         except Cancelled:
             raise
         except OSError as exc:
             return self._judge(m, e, None, 0, exc.strerror or str(exc))
         outcome = self._judge(m, e, got, nbytes, None)
+        v = outcome.verified
+        if extra and v is not None and outcome.finding is None:  # composite values, for later runs
+            stamp = dt.datetime.fromtimestamp(v.verified_at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            outcome = outcome._replace(verified=Verified(m, v.size, {**v.digests, **extra, PARTS_AT: stamp},
+                                                         v.tier, v.verified_at))
         if (outcome.finding is not None and outcome.finding.kind is FindingKind.DIGEST_MISMATCH
                 and self.source.capabilities.recheck_mismatch):
             return self._recheck(m, algorithms, got, outcome)
@@ -275,7 +287,7 @@ class Verifier:
             return None
         got = {a: h for a, h in answer.digests.items() if a in m.digests}
         if not got:
-            return None
+            return self._composite(m, e, answer) if answer.composite else None
         verified = Verified(m, e.size, got, Tier(answer.tier), self.clock())
         bad = [a for a, h in got.items() if m.digests[a] != h]
         if bad:
@@ -284,6 +296,20 @@ class Verifier:
                                               actual=_short({a: got[a] for a in bad}),
                                               detail=f"{answer.tier}: {answer.detail or 'no download'}"), 0)
         return _Outcome(verified, None, 0)
+
+    def _composite(self, m: ManifestEntry, e: Entry, answer: StoredDigests) -> _Outcome | None:
+        """Composite values (e.g. an S3 multipart ETag) equal to those derived from the part digests of the
+        entry's last full download, which matched this manifest: verified without a download.  Any value
+        not recorded or different, or a recorded download that does not match the manifest: None."""
+        before = self.options.previous.get(m.path)
+        if not before or PARTS_AT not in before or any(before.get(k) != v for k, v in answer.composite.items()):
+            return None
+        recorded = {a: before[a] for a in m.digests if a in before}
+        if not recorded or any(m.digests[a] != h for a, h in recorded.items()):
+            return None
+        how = f"{answer.detail or 'composite values'} compared with the part digests of the full download of " \
+              f"{before[PARTS_AT]}"
+        return _Outcome(Verified(m, e.size, {**before, COMPARED: how}, Tier(answer.tier), self.clock()), None, 0)
 
     def _judge(self, m: ManifestEntry, e: Entry, got: dict[str, str] | None, nbytes: int,
                error: str | None) -> _Outcome:
@@ -430,6 +456,19 @@ def _expected_text(m: ManifestEntry) -> str:
     if m.digests:
         parts.append(_short(m.digests))
     return ", ".join(parts) or "present"
+
+
+class _State(Protocol):
+    @property
+    def path(self) -> str: ...
+    @property
+    def digests(self) -> Mapping[str, str]: ...
+
+
+def previous_composites(states: Iterable[_State]) -> dict[str, Mapping[str, str]]:
+    """`VerifyOptions.previous` from a check's entry states (History.entry_states): only the entries whose
+    last full download recorded composite values, so memory follows the multipart objects alone."""
+    return {s.path: s.digests for s in states if PARTS_AT in s.digests}
 
 
 def verify(source: Source, manifest: Manifest, options: VerifyOptions | None = None, *,

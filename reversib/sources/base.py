@@ -101,6 +101,9 @@ class StoredDigests:
     tier: str  # a reversib.model.Tier value: "stored_checksum" or "remote_digest"
     digests: dict[str, str]  # algorithm -> lowercase hex
     detail: str | None = None  # e.g. "S3 ChecksumSHA256", "sha256sum on the server"
+    # Values that change with the content but are no whole-file digest (an S3 multipart ETag, a composite
+    # checksum, as "hex-N"): the verifier compares them with those recorded at the last full download.
+    composite: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,13 @@ class GuardedStream:
         buf = bytearray(size)
         n = self.readinto(buf)
         return bytes(buf[:n])
+
+    @property
+    def extra_digests(self) -> dict[str, str] | None:
+        """Values the backend derived while the bytes flowed (S3: a multipart object's composite values),
+        read once the stream is at its end; None when it derives none."""
+        extra = getattr(self._raw, "extra_digests", None)
+        return dict(extra) if extra else None
 
     def close(self) -> None:
         self._raw.close()

@@ -18,7 +18,11 @@
 * **Stored checksums**: `digests_without_download` answers from `HeadObject` with
   `ChecksumMode=ENABLED`: full-object `ChecksumSHA256`/`SHA1`, or a plain ETag (single-part, not
   SSE-KMS/SSE-C) as MD5.  Composite (multipart) checksums and `-N` ETags are never compared with a
-  whole-file digest: such objects are downloaded.
+  whole-file digest: they are returned as `StoredDigests.composite`, which the verifier compares with
+  the values derived from the part digests of the object's last full download (`PartDigests`,
+  computed by the stream and handed over as `extra_digests`; see docs/s3.md).
+* **Read-ahead**: an object of at least READ_AHEAD_MIN bytes is read by a background thread, at most
+  READ_AHEAD_CHUNKS chunks ahead of the hasher, so that the network transfer and the hashing overlap.
 * **Errors**: credentials, a missing bucket or an endpoint that cannot be reached raise
   `SourceError` naming the bucket and the endpoint; secrets never appear in a message.
 """
@@ -28,11 +32,15 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import hashlib
 import http.client
 import logging
 import os
+import queue
+import re
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -58,6 +66,16 @@ CHECKSUM_FIELDS = (
     ("ChecksumCRC32", "crc32"),
 )
 STORED_ALGORITHMS = frozenset({"md5", *(alg for _, alg in CHECKSUM_FIELDS)})
+# Composite values recorded at a full download and compared at later runs (reversib/verify.py):
+# the multipart ETag, and "<alg>-composite" for a composite checksum of one of these algorithms.
+ETAG_KEY = "s3-etag"
+PART_ALGORITHMS = ("sha256", "sha1", "crc32")  # hashlib / zlib; CRC32C and CRC64NVME: not computed
+READ_AHEAD_MIN = 16 << 20  # objects from this size are read ahead by a background thread...
+READ_AHEAD_CHUNK = 4 << 20  # ...in chunks of this size (fewer thread hand-offs than 1 MiB: measured)...
+READ_AHEAD_CHUNKS = 2  # ...at most this many queued ahead of the hasher...
+READ_AHEAD_OBJECTS = 4  # ...for at most this many objects at once per connection (memory: 4 x 16 MiB)
+MAX_PART_HEADS = 1000  # HEAD ?partNumber requests for one object whose parts are not uniform
+_MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-([0-9]+)$")
 DEFAULT_MAX_ATTEMPTS = 5
 PAGE_SIZE = 1000
 
@@ -86,6 +104,90 @@ def _b64_to_hex(value: str) -> str | None:
         return base64.b64decode(value, validate=True).hex()
     except (binascii.Error, ValueError):
         return None
+
+
+def multipart_count(etag: str | None) -> int | None:
+    """N for an S3 multipart ETag `"<md5 of the part md5s>-N"`, else None."""
+    match = _MULTIPART_ETAG.match(str(etag or "").strip('"').lower())
+    return int(match.group(2)) if match and int(match.group(2)) > 0 else None
+
+
+class _Crc32:
+    """zlib.crc32 with a hashlib-like face: digest() is the big-endian 4 bytes S3 uses."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+def _part_hasher(alg: str) -> Any:
+    return _Crc32() if alg == "crc32" else hashlib.new(alg)
+
+
+def composite_value(alg: str, part_digests: Sequence[bytes]) -> str:
+    """S3's composite construction: the `alg` digest of the concatenated binary part digests, as
+    lowercase hex + `-N`.  For md5 this is the multipart ETag."""
+    h = _part_hasher(alg)
+    h.update(b"".join(part_digests))
+    return f"{h.digest().hex()}-{len(part_digests)}"
+
+
+def composite_key(alg: str) -> str:
+    return ETAG_KEY if alg == "md5" else f"{alg}-composite"
+
+
+def uniform_part_sizes(size: int, first: int, count: int) -> list[int] | None:
+    """Part sizes of an upload in `count` parts of `first` bytes but the last (what every SDK does), or
+    None when `size` cannot be cut that way."""
+    if count < 1 or first <= 0:
+        return None
+    last = size - first * (count - 1)
+    if not 0 < last <= first:
+        return None
+    return [first] * (count - 1) + [last]
+
+
+class PartDigests:
+    """The digests of each part of a multipart object, computed while its bytes flow past, and the
+    composite values S3 derives from them (`result()`)."""
+
+    def __init__(self, sizes: Sequence[int], algorithms: Sequence[str]) -> None:
+        self.sizes = list(sizes)
+        self.algorithms = tuple(algorithms)
+        self.parts: list[list[bytes]] = []  # per part, one digest per algorithm
+        self._left = self.sizes[0] if self.sizes else 0
+        self._hashers = [_part_hasher(a) for a in self.algorithms]
+        self.overflow = False  # more bytes than the parts hold: the layout was wrong
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view):
+            if len(self.parts) >= len(self.sizes):
+                self.overflow = True
+                return
+            take = min(self._left, len(view))
+            chunk = view[:take]
+            for h in self._hashers:
+                h.update(chunk)
+            view = view[take:]
+            self._left -= take
+            if self._left == 0:
+                self.parts.append([h.digest() for h in self._hashers])
+                if len(self.parts) < len(self.sizes):
+                    self._left = self.sizes[len(self.parts)]
+                    self._hashers = [_part_hasher(a) for a in self.algorithms]
+
+    def result(self) -> dict[str, str]:
+        """{composite key: value} once every part was hashed, else {}."""
+        if self.overflow or not self.sizes or len(self.parts) != len(self.sizes):
+            return {}
+        return {composite_key(a): composite_value(a, [p[i] for p in self.parts])
+                for i, a in enumerate(self.algorithms)}
 
 
 def _code(exc: Exception) -> str:
@@ -129,6 +231,7 @@ class _Connection:
         self.stats = S3Stats()
         self.protection_logged = False
         self.buckets_seen: set[str] = set()
+        self.read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_OBJECTS)
 
     def configured_endpoint(self) -> str:
         return (self.endpoint or self.options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -423,31 +526,115 @@ class S3Source(Source):
             return key[len(self.prefix):]
         return None
 
+    def part_layout(self, key: str, count: int, size: int) -> tuple[list[int], dict[str, str]] | None:
+        """The part sizes of a multipart object of `count` parts, and its composite checksums
+        ({algorithm: hex-N}, among PART_ALGORITHMS), or None when the store does not tell them.
+
+        Sizes come from GetObjectAttributes' ObjectParts when the store returns them (AWS); else from
+        `HEAD ?partNumber=1` (uniform parts, the last one shorter: what every SDK uploads), else from a
+        HEAD of every part.  A wrong layout is harmless: the ETag derived from it would not match the
+        object's, and nothing is recorded."""
+        import botocore.exceptions as bx
+
+        client = self._client()
+        sizes: list[int] = []
+        checksums: dict[str, str] = {}
+        marker = 0
+        try:
+            while True:
+                request: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "MaxParts": 1000,
+                                           "ObjectAttributes": ["Checksum", "ObjectParts"]}
+                if marker:
+                    request["PartNumberMarker"] = marker
+                answer = client.get_object_attributes(**request)
+                self.stats.add("heads")
+                checksum = answer.get("Checksum") or {}
+                if not checksums and str(checksum.get("ChecksumType") or "COMPOSITE").upper() == "COMPOSITE":
+                    for field, alg in CHECKSUM_FIELDS:
+                        value = str(checksum.get(field) or "")
+                        hexed = _b64_to_hex(value.partition("-")[0]) if value else None
+                        if alg in PART_ALGORITHMS and hexed:
+                            checksums[alg] = f"{hexed}-{count}"
+                parts = answer.get("ObjectParts") or {}
+                sizes.extend(int(p["Size"]) for p in parts.get("Parts") or () if p.get("Size") is not None)
+                if not parts.get("IsTruncated") or not parts.get("NextPartNumberMarker"):
+                    break
+                marker = int(parts["NextPartNumberMarker"])
+        except (bx.ClientError, bx.BotoCoreError, KeyError, ValueError) as exc:
+            log.debug("GetObjectAttributes of s3://%s/%s: %s", self.bucket, key, _short_error(exc))
+            sizes = []
+        if len(sizes) != count or sum(sizes) != size:
+            sizes = self._part_sizes_by_head(key, count, size) or []
+        return (sizes, checksums) if sizes else None
+
+    def _part_sizes_by_head(self, key: str, count: int, size: int) -> list[int] | None:
+        import botocore.exceptions as bx
+
+        def part(n: int) -> int:
+            try:
+                return int(self._client().head_object(Bucket=self.bucket, Key=key, PartNumber=n)["ContentLength"])
+            finally:
+                self.stats.add("heads")
+
+        try:
+            sizes = uniform_part_sizes(size, part(1), count)
+            if sizes is None and count <= MAX_PART_HEADS:
+                sizes = [part(n) for n in range(1, count + 1)]
+        except (bx.ClientError, bx.BotoCoreError, KeyError, ValueError) as exc:
+            log.debug("HEAD ?partNumber of s3://%s/%s: %s", self.bucket, key, _short_error(exc))
+            return None
+        return sizes if sizes is not None and sum(sizes) == size else None
+
     def digests_without_download(self, entry: Entry, algorithms: tuple[str, ...]) -> StoredDigests | None:
+        """Full-object checksums and a plain ETag for `algorithms` (`digests`), and the composite values
+        of a multipart object (`composite`: the `-N` ETag, composite checksums as hex-N), which the
+        verifier compares with those recorded at the object's last full download."""
         head = self._head(entry.path, ChecksumMode="ENABLED")
         if head is None:
             raise FileNotFoundError(errno.ENOENT, f"no such key: s3://{self.bucket}/{self._key(entry.path)}")
         found: dict[str, str] = {}
         how: list[str] = []
-        composite = str(head.get("ChecksumType") or "").upper() == "COMPOSITE"
+        composite: dict[str, str] = {}
+        composite_how: list[str] = []
+        parts = multipart_count(head.get("ETag"))
+        kind = str(head.get("ChecksumType") or "").upper()
+        # A multipart object's checksum is composite unless the store says FULL_OBJECT (moto omits both
+        # the type and the "-N" suffix).
+        is_composite = kind == "COMPOSITE" or (parts is not None and kind != "FULL_OBJECT")
         for field, alg in CHECKSUM_FIELDS:
-            value = head.get(field)
-            if alg not in algorithms or not value or composite or "-" in str(value):
-                continue  # a composite checksum is a digest of part digests: not comparable
-            hexed = _b64_to_hex(str(value))
+            value = str(head.get(field) or "")
+            if not value:
+                continue
+            if is_composite or "-" in value:  # a digest of part digests: never compared with a whole file
+                b64, _, suffix = value.partition("-")
+                n = int(suffix) if suffix.isdigit() else parts
+                hexed = _b64_to_hex(b64)
+                if alg in PART_ALGORITHMS and hexed is not None and n:
+                    composite[composite_key(alg)] = f"{hexed}-{n}"
+                    composite_how.append(f"{field} (composite)")
+                continue
+            if alg not in algorithms:
+                continue
+            hexed = _b64_to_hex(value)
             if hexed is not None:
                 found[alg] = hexed
                 how.append(f"S3 {field} (full object)")
         etag = str(head.get("ETag") or "").strip('"').lower()
+        if parts is not None:
+            composite[ETAG_KEY] = etag
+            composite_how.insert(0, "ETag")
         if ("md5" in algorithms and self.options.trust_etag_md5 and len(etag) == 32
                 and all(c in "0123456789abcdef" for c in etag)
                 and str(head.get("ServerSideEncryption") or "") not in ("aws:kms", "aws:kms:dsse")
                 and not head.get("SSECustomerAlgorithm")):
             found["md5"] = etag
             how.append("S3 ETag (single-part upload: MD5)")
-        if not found:
-            return None
-        return StoredDigests("stored_checksum", found, ", ".join(how))
+        if found:
+            return StoredDigests("stored_checksum", found, ", ".join(how), composite=composite)
+        if composite:
+            return StoredDigests("stored_checksum", {}, "S3 composite " + " and ".join(composite_how),
+                                 composite=composite)
+        return None
 
     def describe_protection(self) -> dict[str, str]:
         """Bucket versioning and Object Lock (a provider able to delete the export is worth knowing)."""
@@ -517,7 +704,41 @@ class _ResumingStream:
         import botocore.exceptions as bx
 
         self._checksum_error: type[Exception] = bx.FlexibleChecksumError
+        self._parts: PartDigests | None = None
+        self._expected: dict[str, str] = {}  # the composite values the object claims
+        self._thread: threading.Thread | None = None
+        self._ahead: memoryview | None = None  # the chunk being handed out, from the read-ahead thread
+        self._ahead_at = 0
+        self._eof = False
         self._open()
+        count = multipart_count(self._etag)
+        if offset == 0 and count and self._end and source.options.part_digests:
+            layout = source.part_layout(key, count, self._end)
+            if layout is not None:
+                sizes, checksums = layout
+                self._parts = PartDigests(sizes, ("md5", *checksums))
+                self._expected = {ETAG_KEY: str(self._etag).strip('"').lower(),
+                                  **{composite_key(a): v for a, v in checksums.items()}}
+        if (self._end is not None and self._end - offset >= READ_AHEAD_MIN and source.options.read_ahead
+                and source._conn.read_ahead_slots.acquire(blocking=False)):
+            try:
+                self._start_read_ahead()
+            except BaseException:
+                source._conn.read_ahead_slots.release()
+                raise
+
+    @property
+    def extra_digests(self) -> dict[str, str] | None:
+        """A multipart object read whole: the composite values derived from the part digests computed
+        here, those equal to what the object claims (its ETag, its composite checksums)."""
+        if self._parts is None or self._end is None or self._pos != self._end:
+            return None
+        derived = self._parts.result()
+        out = {k: v for k, v in derived.items() if self._expected.get(k) == v}
+        if derived and len(out) != len(derived):
+            log.info("s3://%s/%s: part digests do not give the object's %s (not recorded)", self._src.bucket,
+                     self._key, ", ".join(sorted(set(derived) - set(out))))
+        return out or None
 
     @property
     def resumes(self) -> int:
@@ -583,31 +804,99 @@ class _ResumingStream:
         log.info("resuming s3://%s/%s at byte %d after %s", src.bucket, self._key, self._pos, type(exc).__name__)
         self._open()
 
-    def readinto(self, buf: memoryview | bytearray) -> int:
-        view = memoryview(buf)
+    def _next_chunk(self, size: int) -> bytes:
+        """The next bytes of the object from the network (b"" at its end), resumed after a broken body
+        and fed to the part digests."""
         while True:
             if self._body is None:
-                return 0
+                return b""
             try:
-                chunk = self._body.read(len(view))
+                chunk: bytes = self._body.read(size)
             except self._transient as exc:
                 if self._end is not None and self._pos >= self._end:
                     self._close_body()  # every byte arrived; only the end of the answer broke
-                    return 0
+                    return b""
                 self._resume(exc)
                 continue
             except self._checksum_error as exc:
                 raise OSError(errno.EIO, f"s3://{self._src.bucket}/{self._key}: boto3's response checksum "
                                          f"validation failed: {exc}") from None
-            n = len(chunk)
-            if n == 0:
+            if not chunk:
                 if self._end is not None and self._pos < self._end:
                     self._resume(http.client.IncompleteRead(b"", self._end - self._pos))
                     continue
-                return 0
+                return b""
+            self._pos += len(chunk)
+            if self._parts is not None:
+                self._parts.update(chunk)
+            return chunk
+
+    # -- read-ahead: a bounded background reader for large objects ------------------------------------
+    def _start_read_ahead(self) -> None:
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_CHUNKS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="reversib-s3-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        item: bytes | BaseException | None
+        try:
+            while not self._stop.is_set():
+                if self._src.cancel.cancelled:
+                    return
+                chunk = self._next_chunk(READ_AHEAD_CHUNK)
+                if not self._put(chunk or None) or not chunk:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            item = exc
+            self._put(item)
+        finally:
+            if self._stop.is_set():
+                self._close_body()  # the reader gave up on this stream: the connection is ours to release
+            self._src._conn.read_ahead_slots.release()
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _take(self) -> memoryview | None:
+        """The next chunk from the read-ahead thread (None at the end); raises what the thread raised."""
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._src.cancel.check()
+                continue
+            if item is None:
+                self._eof = True
+                return None
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            return memoryview(item)
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        view = memoryview(buf)
+        if self._thread is None:
+            chunk = self._next_chunk(len(view))
+            n = len(chunk)
             view[:n] = chunk
-            self._pos += n
             return n
+        if self._eof:
+            return 0
+        if self._ahead is None or self._ahead_at >= len(self._ahead):
+            self._ahead, self._ahead_at = self._take(), 0
+            if self._ahead is None:
+                return 0
+        n = min(len(view), len(self._ahead) - self._ahead_at)
+        view[:n] = self._ahead[self._ahead_at:self._ahead_at + n]
+        self._ahead_at += n
+        return n
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
@@ -629,4 +918,15 @@ class _ResumingStream:
                 pass
 
     def close(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._stop.set()
+            while True:  # unblock a put
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            thread.join(timeout=2.0)
+            if thread.is_alive():
+                return  # still inside a network read: the thread closes the body when it returns
         self._close_body()

@@ -59,6 +59,12 @@ class S3Options(BaseModel):
                                                                     "(default: AWS_MAX_ATTEMPTS, else 5)")
     concurrency: int = Field(16, ge=1, le=256, description="objects downloaded at once (replaces "
                                                             "fixity.parallelism for this source)")
+    part_digests: bool = Field(True, description="while downloading a multipart object, compute its part "
+                                                 "digests, so that a later run accepting stored_checksum can "
+                                                 "compare its composite ETag/checksum without a download")
+    read_ahead: bool = Field(True, description="read objects of 16 MiB or more ahead of the hasher in a "
+                                               "background thread (at most 4 MiB ahead), so that download "
+                                               "and hashing overlap")
     max_resumes: int = Field(5, ge=0, le=100, description="ranged re-requests of one object after a cut "
                                                           "connection")
 

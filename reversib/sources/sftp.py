@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 from paramiko.sftp import CMD_CLOSE, CMD_DATA, CMD_OPEN, CMD_READ, CMD_STATUS, SFTP_FLAG_READ, int64
 from paramiko.sftp_attr import SFTPAttributes
+from paramiko.ssh_exception import SSHException
 
 from reversib import digests
 from reversib.sources.base import (
@@ -70,6 +71,11 @@ from reversib.sources.sftp_conn import (
     status_error,
 )
 from reversib.sources.sftp_options import SftpOptions
+
+# The connection failed (not the request): worth a retry on a new connection.  Refusals (not a regular
+# file, permission, missing) are plain OSErrors and are never retried.
+_CONNECTION_FAILURES: tuple[type[BaseException], ...] = (SSHException, EOFError, TimeoutError,
+                                                         ConnectionError)
 
 log = logging.getLogger("reversib.sftp")
 
@@ -449,7 +455,7 @@ class _Stream(io.RawIOBase):
         self.eof = False
         o = src.options
         self.deadline = time.monotonic() + o.file_timeout if o.file_timeout else None
-        self._open()
+        self._open_retrying()
 
     def readable(self) -> bool:
         return True
@@ -468,6 +474,22 @@ class _Stream(io.RawIOBase):
                 conn.broken = True
             self._release()
             raise
+
+    def _open_retrying(self) -> None:
+        """Open on a pooled connection; a connection that fails (stall, cut, timeout) is replaced up to
+        `retries` times, then the read ends with a SourceError (could not verify), never a raw timeout."""
+        while True:
+            try:
+                self._open()
+                return
+            except _CONNECTION_FAILURES as exc:
+                where = f"{self.src.describe()}: opening {self.path}"
+                self.attempts += 1
+                if self._timed_out() or self.attempts > self.src.options.retries:
+                    raise SourceError(f"{where}: {_describe(exc)} (after {self.attempts - 1} retries; "
+                                      f"idle_timeout {self.src.options.idle_timeout:g}s)") from exc
+                log.warning("sftp %s: %s; retrying on a new connection", where, _describe(exc))
+                self.src.cancel.check()
 
     def _start(self, conn: Conn) -> None:
         raise NotImplementedError
@@ -505,7 +527,7 @@ class _Stream(io.RawIOBase):
                                       f"idle_timeout {self.src.options.idle_timeout:g}s)") from exc
                 log.warning("sftp %s: %s; resuming on a new connection", where, _describe(exc))
                 self.src.cancel.check()
-                self._open()
+                self._open_retrying()
 
     def _drop(self) -> None:
         if self.conn is not None:

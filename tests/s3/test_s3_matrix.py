@@ -156,7 +156,8 @@ def test_max_age_uses_last_modified(export: S3Export) -> None:
 
 
 def test_multipart_object_is_downloaded(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
-    """A multipart object (ETag "-N", composite checksum) is never taken on its metadata: downloaded."""
+    """A multipart object (ETag "-N", composite checksum) is never compared with a whole-file digest: with
+    nothing recorded from an earlier download (test_composite.py), it is downloaded."""
     root = make_export(tmp_path / "export", {"big.bin": os.urandom(11 << 20), "small.txt": b"small\n"})
     run_tool(["md5sum"], root, "MD5SUMS")
     s3.upload_file(str(root / "big.bin"), bucket, "p/big.bin",

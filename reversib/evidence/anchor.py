@@ -1,0 +1,204 @@
+"""Signed chain heads anchored outside the database, and signed documents (docs/evidence.md).
+
+Deleting the newest runs of a check, or rewriting a whole chain consistently, cannot be seen from
+inside the database.  After each run the heads of every chain are signed with an Ed25519 key and
+written to a file outside it (`evidence.heads_path`); `reversib audit verify --against FILE` then
+checks that every anchored head is still a link of the database's chain.
+
+A signed document is a JSON object with a `signature` member:
+`{"algorithm": "ed25519", "key_id": ..., "value": base64}` over the canonical JSON of the document
+without that member.  The same key signs JSON reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from reversib.evidence.chain import Head
+from reversib.history import iso
+from reversib.model import canonical_json
+
+HEADS_KIND = "reversib-chain-heads"
+
+
+class SignatureError(Exception):
+    """A key could not be loaded, or a signature does not verify."""
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a file: OpenSSH (`ssh-keygen -t ed25519`) or PEM PKCS#8, unencrypted."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"cannot read the signing key {path}: {exc.strerror}") from None
+    try:
+        key: Any = (serialization.load_ssh_private_key(data, None) if b"OPENSSH PRIVATE KEY" in data
+                    else serialization.load_pem_private_key(data, None))
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"{path} is not an unencrypted Ed25519 private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """An Ed25519 public key: an OpenSSH line (`ssh-ed25519 AAAA...`), PEM, or a private key file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"cannot read the public key {path}: {exc.strerror}") from None
+    if b"PRIVATE KEY" in data:
+        return load_private_key(path).public_key()
+    try:
+        key: Any = (serialization.load_ssh_public_key(data.strip()) if data.lstrip().startswith(b"ssh-")
+                    else serialization.load_pem_public_key(data))
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"{path} is not an Ed25519 public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """`ed25519:` + the first 16 hex digits of the sha256 of the raw public key."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _payload(document: Mapping[str, Any]) -> bytes:
+    return canonical_json({k: v for k, v in document.items() if k != "signature"}).encode("ascii")
+
+
+def sign_document(document: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """`document` with a `signature` member over its canonical JSON (an existing signature is replaced)."""
+    signature = key.sign(_payload(document))
+    out = {k: v for k, v in document.items() if k != "signature"}
+    out["signature"] = {"algorithm": "ed25519", "key_id": key_id(key.public_key()),
+                        "value": base64.b64encode(signature).decode("ascii")}
+    return out
+
+
+def verify_document(document: Mapping[str, Any], key: Ed25519PublicKey) -> None:
+    """Raise SignatureError unless `document` carries a valid signature by `key`."""
+    sig = document.get("signature")
+    if not isinstance(sig, dict) or sig.get("algorithm") != "ed25519" or not isinstance(sig.get("value"), str):
+        raise SignatureError("the document carries no Ed25519 signature")
+    if sig.get("key_id") != key_id(key):
+        raise SignatureError(f"signed by {sig.get('key_id')}, not by the expected key {key_id(key)}")
+    try:
+        key.verify(base64.b64decode(sig["value"], validate=True), _payload(document))
+    except (InvalidSignature, ValueError):
+        raise SignatureError("the signature does not match the document: it was altered") from None
+
+
+def verify_file(path: str | Path, key: Ed25519PublicKey) -> dict[str, Any]:
+    """Load a signed JSON file and verify it byte for byte as stored (a changed byte fails)."""
+    raw = Path(path).read_bytes()
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise SignatureError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise SignatureError(f"{path} is not a signed JSON document")
+    verify_document(document, key)
+    # The parsed document verified; the file must also be exactly what `write_signed` writes for it.
+    if raw != render(document):
+        raise SignatureError(f"{path} differs from its signed content (bytes were changed)")
+    return document
+
+
+def render(document: Mapping[str, Any]) -> bytes:
+    """The one byte layout of a signed JSON file (`verify_file` insists on it)."""
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_signed(path: str | Path, document: Mapping[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Sign `document` and write it atomically (temporary file, fsync, rename)."""
+    signed = sign_document(document, key)
+    _atomic_write(Path(path), render(signed))
+    return signed
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def heads_document(heads: Mapping[str, Head], now: datetime) -> dict[str, Any]:
+    return {"kind": HEADS_KIND, "schema": 1, "signed_at": iso(now),
+            "heads": {c: h.to_dict() for c, h in sorted(heads.items())}}
+
+
+def anchor_heads(path: str | Path, heads: Mapping[str, Head], key: Ed25519PrivateKey, now: datetime) -> dict[str, Any]:
+    """Write the signed heads file, merged under a lock with the heads already there: a check's head
+    is only ever moved forward (a process that read older heads never moves the anchor back)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged: dict[str, Head] = dict(heads)
+        if target.exists():
+            previous = verify_file(target, key.public_key())  # never merge with a file we cannot trust
+            for check_id, h in previous.get("heads", {}).items():
+                mine = merged.get(check_id)
+                if mine is None or mine.seq < int(h["seq"]):
+                    merged[check_id] = Head(check_id, int(h["seq"]), str(h["run_id"]), str(h["record_digest"]))
+        return write_signed(target, heads_document(merged, now), key)
+
+
+def load_heads(path: str | Path, key: Ed25519PublicKey) -> dict[str, Head]:
+    """The heads of a signed heads file; SignatureError when it does not verify."""
+    document = verify_file(path, key)
+    if document.get("kind") != HEADS_KIND:
+        raise SignatureError(f"{path} is not a reversib chain heads file")
+    return {c: Head(c, int(h["seq"]), str(h["run_id"]), str(h["record_digest"]))
+            for c, h in document.get("heads", {}).items()}
+
+
+def attach(history: Any, config: Any) -> bool:
+    """Anchor the chain heads to `config.heads_path` after each completed run recorded through `history`
+    (an `EvidenceConfig`).  False when no heads path is configured.  The key is loaded now, so that a
+    bad key is a start-up error, not a silent gap in the anchoring."""
+    if config is None or not config.heads_path:
+        return False
+    try:
+        key = load_private_key(config.signing_key_file)
+    except SignatureError as exc:
+        from reversib.config import ConfigError
+
+        raise ConfigError([f"evidence.signing_key_file: {exc}"]) from None
+    path = Path(config.heads_path)
+
+    def after_finish(check_id: str) -> None:
+        from reversib.evidence.chain import read_heads
+
+        with history.engine.connect() as conn:
+            heads = read_heads(conn)
+        anchor_heads(path, heads, key, history._now())
+
+    history.after_finish.append(after_finish)
+    return True
