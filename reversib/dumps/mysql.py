@@ -20,7 +20,8 @@ from reversib.config import DumpConfig, DumpRestoreConfig
 from reversib.dumps import safety
 from reversib.dumps.base import Structure, clean_env, find_tool, private_dir, run_tool, unverifiable
 from reversib.dumps.detect import decoded
-from reversib.dumps.postgres import RestoreReport, _Counted, parse_count
+from reversib.dumps.expectations import QueryError, check_expectations, shown_rows
+from reversib.dumps.postgres import RestoreReport, _Counted
 from reversib.dumps.scratch import SCRATCH_RE, Target, run_is_dead, scratch_name
 from reversib.model import Finding, FindingKind
 from reversib.sources.base import CancelToken, Source
@@ -155,42 +156,18 @@ def _expectations(client: _Client, dump: DumpConfig, cfg: DumpRestoreConfig, nam
     limit = (f"SET SESSION max_statement_time = {seconds};" if "MariaDB" in version
              else f"SET SESSION max_execution_time = {seconds * 1000};")
     prefix = f"{limit}\nSET SESSION TRANSACTION READ ONLY;\nSTART TRANSACTION READ ONLY;\n"
-    rows_total = 0
-    for table, want in dump.row_counts.items():
-        at_least, n = parse_count(want)
-        expected = f">= {n} rows" if at_least else f"{n} rows"
+
+    def query(sql: str) -> list[str]:
         try:
-            rows = client.query(f"{prefix}SELECT COUNT(*) FROM {_ident(table.rsplit('.', 1)[-1])};\nROLLBACK;\n",
-                                name, timeout=cfg.statement_timeout + 30)
-            got = int(rows[0])
+            return client.query(f"{prefix}{sql};\nROLLBACK;\n", name, timeout=cfg.statement_timeout + 30)
         except MysqlError as exc:
-            kind = FindingKind.TABLE_MISSING if "doesn't exist" in str(exc) else FindingKind.ROW_COUNT_MISMATCH
-            findings.append(Finding(kind, path, expected=f"table {table}: {expected}", actual=str(exc)[:500]))
-            continue
-        rows_total += got
-        if got < n or (not at_least and got != n):
-            findings.append(Finding(FindingKind.ROW_COUNT_MISMATCH, path, expected=f"table {table}: {expected}",
-                                    actual=f"{got} rows"))
-    for i, sql in enumerate(dump.assertions):
-        label = f"assertion {i + 1}: {' '.join(sql.split())[:200]}"
-        refusal = safety.scan([sql.encode()], "mysql").refusal
-        if refusal is not None:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=label,
-                                    actual=f"not run: {refusal.reason}"))
-            continue
-        try:
-            rows = client.query(f"{prefix}{sql.strip().rstrip(';')};\nROLLBACK;\n", name,
-                                timeout=cfg.statement_timeout + 30)
-        except MysqlError as exc:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
-                                    actual=f"error: {str(exc)[:500]}"))
-            continue
-        if rows != ["1"]:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
-                                    actual="returned " + (", ".join(rows[:3]) or "no row")))
-    parts = []
-    if dump.row_counts:
-        parts.append(f"{len(dump.row_counts)} row counts, {rows_total} rows")
-    if dump.assertions:
-        parts.append(f"{len(dump.assertions)} assertions")
-    return ("; " + ", ".join(parts)) if parts else ""
+            raise QueryError(str(exc), missing_table="doesn't exist" in str(exc)) from exc
+
+    def count_rows(table: str) -> int:
+        return int(query(f"SELECT COUNT(*) FROM {_ident(table.rsplit('.', 1)[-1])}")[0])
+
+    def assertion(sql: str) -> tuple[bool, str]:
+        rows = query(sql.strip().rstrip(";"))
+        return rows == ["1"], shown_rows(rows)
+
+    return check_expectations(dump, path, findings, count_rows=count_rows, assertion=assertion, dialect="mysql")

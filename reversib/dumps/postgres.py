@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -18,6 +17,7 @@ from reversib.config import DumpConfig, DumpRestoreConfig
 from reversib.dumps import safety
 from reversib.dumps.base import DumpProblem, Structure, find_tool, run_tool, unverifiable
 from reversib.dumps.detect import decoded
+from reversib.dumps.expectations import QueryError, check_expectations, shown_rows
 from reversib.dumps.pgarchive import read_archive
 from reversib.dumps.scratch import (
     PgServer,
@@ -242,17 +242,6 @@ def _space_check(target: Target, server: PgServer, structure: Structure) -> None
                            "room for the restore")
 
 
-ROW_RE = re.compile(r"^\s*(>=)?\s*(\d+)\s*$")
-
-
-def parse_count(want: int | str) -> tuple[bool, int]:
-    if isinstance(want, int):
-        return False, want
-    m = ROW_RE.match(want)
-    assert m
-    return bool(m.group(1)), int(m.group(2))
-
-
 def _read_only(cfg: DumpRestoreConfig) -> str:
     ms = int(cfg.statement_timeout * 1000)
     return f"-c default_transaction_read_only=on -c statement_timeout={ms}"
@@ -265,43 +254,18 @@ def _qualified(table: str) -> str:
 def _expectations(dump: DumpConfig, cfg: DumpRestoreConfig, target: Target, name: str, path: str,
                   cancel: CancelToken, findings: list[Finding]) -> str:
     opts = _read_only(cfg)
-    rows_total = 0
-    for table, want in dump.row_counts.items():
-        at_least, n = parse_count(want)
-        expected = f">= {n} rows" if at_least else f"{n} rows"
+
+    def query(sql: str) -> list[str]:
         try:
-            rows = psql(target, f"SELECT count(*) FROM {_qualified(table)};", cancel, database=name, options=opts,
-                        timeout=cfg.statement_timeout + 30)
-            got = int(rows[0])
+            return psql(target, sql, cancel, database=name, options=opts, timeout=cfg.statement_timeout + 30)
         except PsqlError as exc:
-            kind = FindingKind.TABLE_MISSING if "does not exist" in str(exc) else FindingKind.ROW_COUNT_MISMATCH
-            findings.append(Finding(kind, path, expected=f"table {table}: {expected}", actual=str(exc)[:500]))
-            continue
-        rows_total += got
-        if got < n or (not at_least and got != n):
-            findings.append(Finding(FindingKind.ROW_COUNT_MISMATCH, path, expected=f"table {table}: {expected}",
-                                    actual=f"{got} rows"))
-    for i, sql in enumerate(dump.assertions):
-        label = f"assertion {i + 1}: {' '.join(sql.split())[:200]}"
-        refusal = safety.scan([sql.encode()], "postgres").refusal
-        if refusal is not None:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=label,
-                                    actual=f"not run: {refusal.reason}"))
-            continue
-        body = sql.strip().rstrip(";")
-        try:
-            rows = psql(target, f"START TRANSACTION READ ONLY;\n{body}\n;\nROLLBACK;\n", cancel, database=name,
-                        options=opts, timeout=cfg.statement_timeout + 30)
-        except PsqlError as exc:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
-                                    actual=f"error: {str(exc)[:500]}"))
-            continue
-        if rows != ["t"]:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
-                                    actual="returned " + (", ".join(rows[:3]) or "no row")))
-    parts = []
-    if dump.row_counts:
-        parts.append(f"{len(dump.row_counts)} row counts, {rows_total} rows")
-    if dump.assertions:
-        parts.append(f"{len(dump.assertions)} assertions")
-    return ("; " + ", ".join(parts)) if parts else ""
+            raise QueryError(str(exc), missing_table="does not exist" in str(exc)) from exc
+
+    def count_rows(table: str) -> int:
+        return int(query(f"SELECT count(*) FROM {_qualified(table)};")[0])
+
+    def assertion(sql: str) -> tuple[bool, str]:
+        rows = query(f"START TRANSACTION READ ONLY;\n{sql.strip().rstrip(';')}\n;\nROLLBACK;\n")
+        return rows == ["t"], shown_rows(rows)
+
+    return check_expectations(dump, path, findings, count_rows=count_rows, assertion=assertion, dialect="postgres")

@@ -9,7 +9,7 @@ from pathlib import Path
 from reversib.config import DumpConfig
 from reversib.dumps.base import DumpProblem, Structure, private_dir
 from reversib.dumps.detect import decoded
-from reversib.dumps.postgres import parse_count
+from reversib.dumps.expectations import QueryError, check_expectations
 from reversib.model import Finding, FindingKind
 from reversib.sources.base import Source
 
@@ -36,26 +36,21 @@ def check(source: Source, path: str, compression: str, dump: DumpConfig) -> tupl
             if problems != ["ok"]:
                 raise DumpProblem(FindingKind.DUMP_UNREADABLE, "PRAGMA integrity_check: ok",
                                   "; ".join(problems)[:1000])
-            for table, want in dump.row_counts.items():
-                at_least, n = parse_count(want)
-                expected = f"table {table}: {'>= ' if at_least else ''}{n} rows"
+            def count_rows(table: str) -> int:
                 if table not in st.tables:
-                    findings.append(Finding(FindingKind.TABLE_MISSING, path, expected=expected, actual="no such table"))
-                    continue
-                got = conn.execute(f'SELECT count(*) FROM "{table.replace(chr(34), chr(34) * 2)}"').fetchone()[0]
-                if got < n or (not at_least and got != n):
-                    findings.append(Finding(FindingKind.ROW_COUNT_MISMATCH, path, expected=expected,
-                                            actual=f"{got} rows"))
-            for i, sql in enumerate(dump.assertions):
-                label = f"assertion {i + 1}: {' '.join(sql.split())[:200]} returns true"
+                    raise QueryError("no such table", missing_table=True)
+                quoted = '"' + table.replace('"', '""') + '"'
+                return int(conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0])
+
+            def assertion(sql: str) -> tuple[bool, str]:
                 try:
                     rows = conn.execute(sql).fetchall()
                 except sqlite3.Error as exc:
-                    findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=label, actual=f"error: {exc}"))
-                    continue
-                if len(rows) != 1 or len(rows[0]) != 1 or rows[0][0] not in (1, True):
-                    findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=label,
-                                            actual=f"returned {rows[:3]!r}"))
+                    raise QueryError(str(exc)) from exc
+                return len(rows) == 1 and len(rows[0]) == 1 and rows[0][0] in (1, True), repr(rows[:3])
+
+            # The copy is opened read-only: assertions cannot write, no scanner needed.
+            check_expectations(dump, path, findings, count_rows=count_rows, assertion=assertion, dialect=None)
         finally:
             conn.close()
     return st, findings

@@ -1,0 +1,81 @@
+"""Row counts and SQL assertions on a restored (or opened) database: one implementation for every engine.
+
+Each engine supplies two small query functions; the findings, their wording and the summary are the
+same for PostgreSQL, MySQL/MariaDB and SQLite.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from reversib.dumps import safety
+from reversib.model import Finding, FindingKind
+
+ROW_RE = re.compile(r"^\s*(>=)?\s*(\d+)\s*$")
+
+
+class QueryError(Exception):
+    """A query on the restored database failed; `missing_table` when the table does not exist."""
+
+    def __init__(self, message: str, *, missing_table: bool = False):
+        super().__init__(message)
+        self.missing_table = missing_table
+
+
+def parse_count(want: int | str) -> tuple[bool, int]:
+    """`123` -> exactly 123 rows; `">= 100"` -> at least 100 (validated by the config already)."""
+    if isinstance(want, int):
+        return False, want
+    m = ROW_RE.match(want)
+    assert m
+    return bool(m.group(1)), int(m.group(2))
+
+
+def check_expectations(dump: Any, path: str, findings: list[Finding], *, count_rows: Callable[[str], int],
+                       assertion: Callable[[str], tuple[bool, str]], dialect: str | None) -> str:
+    """Check `dump.row_counts` and `dump.assertions`; append findings; return a summary suffix.
+
+    `count_rows(table)` returns the table's row count; `assertion(sql)` returns (held, what it returned).
+    Both raise QueryError.  With a `dialect`, an assertion the safety scanner refuses is never run."""
+    rows_total = 0
+    for table, want in dump.row_counts.items():
+        at_least, n = parse_count(want)
+        expected = f"table {table}: {'>= ' if at_least else ''}{n} rows"
+        try:
+            got = count_rows(table)
+        except QueryError as exc:
+            kind = FindingKind.TABLE_MISSING if exc.missing_table else FindingKind.ROW_COUNT_MISMATCH
+            findings.append(Finding(kind, path, expected=expected, actual=str(exc)[:500]))
+            continue
+        rows_total += got
+        if got < n or (not at_least and got != n):
+            findings.append(Finding(FindingKind.ROW_COUNT_MISMATCH, path, expected=expected, actual=f"{got} rows"))
+    for i, sql in enumerate(dump.assertions):
+        label = f"assertion {i + 1}: {' '.join(sql.split())[:200]}"
+        if dialect is not None:
+            refusal = safety.scan([sql.encode()], dialect).refusal
+            if refusal is not None:
+                findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=label,
+                                        actual=f"not run: {refusal.reason}"))
+                continue
+        try:
+            held, shown = assertion(sql)
+        except QueryError as exc:
+            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
+                                    actual=f"error: {str(exc)[:500]}"))
+            continue
+        if not held:
+            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
+                                    actual=f"returned {shown}"))
+    parts = []
+    if dump.row_counts:
+        parts.append(f"{len(dump.row_counts)} row counts, {rows_total} rows")
+    if dump.assertions:
+        parts.append(f"{len(dump.assertions)} assertions")
+    return ("; " + ", ".join(parts)) if parts else ""
+
+
+def shown_rows(rows: list[str]) -> str:
+    return ", ".join(rows[:3]) or "no row"
