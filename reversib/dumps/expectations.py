@@ -79,3 +79,15 @@ def check_expectations(dump: Any, path: str, findings: list[Finding], *, count_r
 
 def shown_rows(rows: list[str]) -> str:
     return ", ".join(rows[:3]) or "no row"
+
+
+def restore_timed_out(path: str, limit: float, seconds: float) -> Finding:
+    return Finding(FindingKind.RESTORE_FAILED, path,
+                   expected=f"a restore within {limit:g}s (restore.max_restore_seconds)",
+                   actual=f"stopped after {seconds:.1f}s")
+
+
+def restored(path: str, seconds: float, nbytes: int, checked: str) -> Finding:
+    """The info finding that records a restore (and that `restore.every` looks up later)."""
+    return Finding(FindingKind.RESTORED, path, expected=None,
+                   actual=f"restored in {seconds:.2f}s ({nbytes} bytes){checked}")

@@ -20,7 +20,13 @@ from reversib.config import DumpConfig, DumpRestoreConfig
 from reversib.dumps import safety
 from reversib.dumps.base import Structure, clean_env, find_tool, private_dir, run_tool, unverifiable
 from reversib.dumps.detect import decoded
-from reversib.dumps.expectations import QueryError, check_expectations, shown_rows
+from reversib.dumps.expectations import (
+    QueryError,
+    check_expectations,
+    restore_timed_out,
+    restored,
+    shown_rows,
+)
 from reversib.dumps.postgres import RestoreReport, _Counted
 from reversib.dumps.scratch import SCRATCH_RE, Target, run_is_dead, scratch_name
 from reversib.model import Finding, FindingKind
@@ -117,9 +123,7 @@ def restore(source: Source, path: str, compression: str, dump: DumpConfig, targe
             out.seconds = time.monotonic() - t0
             out.bytes = feed.n
             if res.timed_out:
-                out.findings.append(Finding(FindingKind.RESTORE_FAILED, path, expected="a restore within "
-                                            f"{cfg.max_restore_seconds:g}s (restore.max_restore_seconds)",
-                                            actual=f"stopped after {out.seconds:.1f}s"))
+                out.findings.append(restore_timed_out(path, cfg.max_restore_seconds, out.seconds))
                 return out
             if res.returncode != 0:
                 msg = res.error_lines()
@@ -132,8 +136,7 @@ def restore(source: Source, path: str, compression: str, dump: DumpConfig, targe
                                             actual=msg[:1000]))
                 return out
             checked = _expectations(client, dump, cfg, name, path, version, out.findings)
-            out.findings.append(Finding(FindingKind.RESTORED, path, expected=None,
-                                        actual=f"restored in {out.seconds:.2f}s ({out.bytes} bytes){checked}"))
+            out.findings.append(restored(path, out.seconds, out.bytes, checked))
             return out
         finally:
             client.cancel = CancelToken()  # the cleanup is never cancelled

@@ -17,7 +17,13 @@ from reversib.config import DumpConfig, DumpRestoreConfig
 from reversib.dumps import safety
 from reversib.dumps.base import DumpProblem, Structure, find_tool, run_tool, unverifiable
 from reversib.dumps.detect import decoded
-from reversib.dumps.expectations import QueryError, check_expectations, shown_rows
+from reversib.dumps.expectations import (
+    QueryError,
+    check_expectations,
+    restore_timed_out,
+    restored,
+    shown_rows,
+)
 from reversib.dumps.pgarchive import read_archive
 from reversib.dumps.scratch import (
     PgServer,
@@ -208,9 +214,7 @@ def restore(source: Source, path: str, kind: str, compression: str, dump: DumpCo
         out.seconds = time.monotonic() - t0
         out.bytes = feed.n
         if res.timed_out:
-            out.findings.append(Finding(FindingKind.RESTORE_FAILED, path, expected="a restore within "
-                                        f"{cfg.max_restore_seconds:g}s (restore.max_restore_seconds)",
-                                        actual=f"stopped after {out.seconds:.1f}s"))
+            out.findings.append(restore_timed_out(path, cfg.max_restore_seconds, out.seconds))
             return out
         if res.returncode != 0:
             msg = res.error_lines()
@@ -220,8 +224,7 @@ def restore(source: Source, path: str, kind: str, compression: str, dump: DumpCo
                                         actual=msg[:1000]))
             return out
         checked = _expectations(dump, cfg, target, name, path, cancel, out.findings)
-        out.findings.append(Finding(FindingKind.RESTORED, path, expected=None,
-                                    actual=f"restored in {out.seconds:.2f}s ({out.bytes} bytes){checked}"))
+        out.findings.append(restored(path, out.seconds, out.bytes, checked))
         return out
     finally:
         pg_drop(target, name)
