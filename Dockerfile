@@ -14,7 +14,7 @@ FROM python:3.11-slim-bookworm
 ARG UID=10001
 # tini: PID 1 that forwards signals and reaps children.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini=0.19.* \
+ && apt-get install -y --no-install-recommends tini=0.19.* minisign=0.11-* gpg=2.2.* gpg-agent=2.2.* age=1.1.* openssh-client=1:9.2p1-* \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid "${UID}" reversib \
  && useradd --uid "${UID}" --gid "${UID}" --no-create-home --home-dir /var/lib/reversib --shell /usr/sbin/nologin reversib \

@@ -8,6 +8,9 @@ Builds a SQLite history of daily runs (written directly: passes, a failure every
 could-not-verify run every 17 days, a missing day every 41 days, a shrinkage now and then), chains
 them (`reversib.evidence.chain.backfill`, as migration 0003 does), then times the real CLI as a
 subprocess (start-up included) for each format, and `reversib audit verify` for information.
+A restore test every 7 days (a `restored` finding with its duration) feeds the RTO trend.  Then,
+for information: `reversib history prune --older-than DAYS/2` (a signed checkpoint per chain) and
+`audit verify` of the pruned history.
 
 In bench/run.py: `--suite report`; with --smoke, 5 checks x 30 days.
 """
@@ -48,7 +51,13 @@ def build(root: Path, checks: int, days: int, log: Any = print) -> tuple[Path, d
             "expect": {"deadline": "06:00"}}))
     db = root / "history.db"
     cfg = root / "reversib.yaml"
-    cfg.write_text(yaml.safe_dump({"version": 1, "history": {"url": f"sqlite:///{db}"}, "checks_dir": str(checks_dir)}))
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    (root / "key.pem").write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cfg.write_text(yaml.safe_dump({"version": 1, "history": {"url": f"sqlite:///{db}"}, "checks_dir": str(checks_dir),
+                                   "evidence": {"signing_key_file": str(root / "key.pem")}}))
     t0 = time.perf_counter()
     end = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     with History.open(f"sqlite:///{db}") as h:
@@ -79,6 +88,13 @@ def build(root: Path, checks: int, days: int, log: Any = print) -> tuple[Path, d
                 "INSERT INTO findings (run_id, seq, kind, severity, path, expected, actual) "
                 "VALUES (?, 0, 'digest_mismatch', 'error', 'db/customers.csv', 'sha256:aa', 'sha256:bb')",
                 [(r,) for r in failed])
+            restored = [r["id"] for r in rows if r["outcome"] == "passed" and r["started_at"].toordinal() % 7 == 0]
+            conn.exec_driver_sql(
+                "INSERT INTO findings (run_id, seq, kind, severity, path, expected, actual, detail) "
+                "VALUES (?, 0, 'restored', 'info', 'db.dump', NULL, 'restored', ?)",
+                [(r, json.dumps({"format": "postgres-custom", "restore_bytes": 10**9, "restore_seconds": 60.0 + i % 13,
+                                 "rows": None, "v": 1}, sort_keys=True, separators=(",", ":")))
+                 for i, r in enumerate(restored)])
             linked = backfill(conn, datetime.now(timezone.utc))
         h.rebuild_run_counts()
     log(f"report bench: {checks} checks x {days} days: {len(rows)} runs written and {linked} chained "
@@ -110,6 +126,19 @@ def measure(checks: int = 50, days: int = 365, reversib: str | None = None, log:
         out["seconds"]["audit verify"] = round(time.perf_counter() - t0, 3)
         if proc.returncode != 0:
             raise RuntimeError(f"audit verify failed on the bench history: {proc.stdout[-500:]}")
+        if not all(c["restores"] for c in doc["checks"]):
+            raise RuntimeError("the JSON report has no restore trend")
+        t0 = time.perf_counter()
+        proc = subprocess.run([reversib, "history", "prune", "--older-than", f"{days // 2}d", "--config", str(cfg)],
+                              capture_output=True, text=True)
+        out["seconds"]["history prune"] = round(time.perf_counter() - t0, 3)
+        if proc.returncode != 0 or proc.stdout.count("replaced by a signed checkpoint") != checks:
+            raise RuntimeError(f"history prune failed on the bench history: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+        t0 = time.perf_counter()
+        proc = subprocess.run([reversib, "audit", "verify", "--config", str(cfg)], capture_output=True, text=True)
+        out["seconds"]["audit verify (pruned)"] = round(time.perf_counter() - t0, 3)
+        if proc.returncode != 0 or f"{checks} starting at a signed checkpoint" not in proc.stdout:
+            raise RuntimeError(f"audit verify failed on the pruned history: {proc.stdout[-500:]}")
         return out
 
 
@@ -117,7 +146,8 @@ def render(r: dict[str, Any]) -> str:
     s = r["seconds"]
     return (f"report over {r['checks']} checks x {r['days']} daily runs: html {s['html']:.2f} s "
             f"({r['bytes']['html'] / 1e6:.1f} MB), json {s['json']:.2f} s, md {s['md']:.2f} s; "
-            f"audit verify {s['audit verify']:.2f} s")
+            f"audit verify {s['audit verify']:.2f} s; history prune (half) {s['history prune']:.2f} s, "
+            f"then audit verify {s['audit verify (pruned)']:.2f} s")
 
 
 def install(h: ModuleType) -> None:

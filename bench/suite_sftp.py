@@ -9,7 +9,8 @@ Cases:
   (default parallelism, and 4 threads / 4 connections); `rclone check --download`.
 
 The sshd listens on 127.0.0.1 on a free port with its own host key, config and authorized key, and is
-killed by PID at the end.  Registered into bench/run.py by `install(harness_module)`.
+killed by PID at the end.  Registered into bench/run.py by `install(harness_module)`.  With
+REVERSIB_SFTP_BASELINE=/path/to/other/reversib, that executable's rows (`before-*`) are measured too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from types import ModuleType
 from typing import Any
 
 SSHD = "/usr/sbin/sshd"
+# Another reversib executable (an older checkout) whose rows `before-*` run interleaved with this one's, to
+# compare two versions under the same load; its rows take no part in the targets.
+BASELINE_ENV = "REVERSIB_SFTP_BASELINE"
 
 
 @dataclass
@@ -189,10 +193,20 @@ def _tools(h: ModuleType, ctx: Any, ds: Any, server: _Server, rclone: str | None
     target = f"{server.user}@127.0.0.1"
     sftp = shlex.join(["sftp", *ssh_opts, "-P", str(server.port), "-b", "-", target])
 
+    baseline = os.environ.get(BASELINE_ENV)
+
     def rev(check: str) -> Any:
         return h.Tool(f"reversib-{check}", lambda d: [reversib, "verify-now", check, "--config", str(cfg), "--json",
                                                        "--history", h._history_url(d), "--no-progress"],
                       check=h._reversib_check(spec.files, spec.total_bytes, exact=True))
+
+    def before(check: str) -> list[Any]:
+        """The same check run by another reversib (BASELINE_ENV), interleaved: before/after in one run."""
+        if not baseline:
+            return []
+        return [h.Tool(f"before-{check}", lambda d: [baseline, "verify-now", check, "--config", str(cfg), "--json",
+                                                      "--history", h._history_url(d), "--no-progress"],
+                       check=h._reversib_check(spec.files, spec.total_bytes, exact=True))]
 
     tools: list[Any] = []
     if case == "large":
@@ -207,13 +221,13 @@ def _tools(h: ModuleType, ctx: Any, ds: Any, server: _Server, rclone: str | None
         ssh = shlex.join(["ssh", *ssh_opts, "-p", str(server.port), target, f"cat {shlex.quote(str(remote))}"])
         tools.append(h.Tool("openssh-ssh-cat+openssl", lambda _: ["sh", "-c", f"{ssh} | openssl dgst -sha256"],
                             check=_digest_check(digest)))
-        tools += [rev("sftp"), rev("sftp-exec")]
+        tools += [rev("sftp"), rev("sftp-exec"), *before("sftp"), *before("sftp-exec")]
     else:
         get = f"get -r {shlex.quote(str(ds.plain))} out"
         tools.append(h.Tool("openssh-sftp-r+sha256sum",
                             lambda _: ["sh", "-c", f"echo {shlex.quote(get)} | {sftp} >/dev/null && cd out && "
                                                    "sha256sum -c --quiet SHA256SUMS && cd .. && rm -rf out"]))
-        tools += [rev("sftp"), rev("sftp-p4")]
+        tools += [rev("sftp"), rev("sftp-p4"), *before("sftp"), *before("sftp-p4")]
     if rclone is not None:
         env = {"RCLONE_CONFIG_BENCH_TYPE": "sftp", "RCLONE_CONFIG_BENCH_HOST": "127.0.0.1",
                "RCLONE_CONFIG_BENCH_PORT": str(server.port), "RCLONE_CONFIG_BENCH_USER": server.user,

@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallelism", type=int, metavar="N", help="files verified at once (ad-hoc checks)")
     p.add_argument("--json", action="store_true", help="print one JSON document (schemas/report.schema.json)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--shard", metavar="K/N", help="run shard K of N of one check (K from 0; `/N`: K from "
+                   "JOB_COMPLETION_INDEX), meeting the other shards under --run-id (docs/scale.md)")
+    p.add_argument("--run-id", metavar="ID", help="with --shard: the run the shards meet under (32 hex digits, "
+                   "or any text such as a Job's name, from which the id is derived)")
+    p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                   help="with --shard: a shard whose process stopped renewing for this long is taken over (60)")
+    p.add_argument("--restore", choices=["due", "now", "never"], default="due",
+                   help="database dumps' restore level (docs/dumps.md): when restore.every says so (due, the "
+                        "default), now whatever restore.every says, or never (structural level only)")
 
     p = sub.add_parser("check-config", parents=[common], help="validate config/ and checks/ (exit 0 or 78)")
     p.add_argument("--connect", action="store_true", help="also open each source and manifest")
@@ -82,8 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checks", parents=[common], help="list configured checks with their last outcome")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("history", parents=[common], help="show the recorded runs of one check")
-    p.add_argument("check", metavar="CHECK", help="check id or name (ad-hoc checks: the id printed by --json)")
+    p = sub.add_parser("history", parents=[common], help="show the recorded runs of one check; "
+                                                         "`history prune --older-than AGE` prunes old runs")
+    p.add_argument("check", metavar="CHECK", help="check id or name (ad-hoc checks: the id printed by --json), "
+                                                  "or `prune`")
+    p.add_argument("--older-than", metavar="AGE", help="prune: remove the runs finished more than AGE ago (400d), "
+                                                       "a signed checkpoint replacing them in each chain")
+    p.add_argument("--dry-run", action="store_true", help="prune: only say what would be removed")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="newest N runs (default 20)")
     p.add_argument("--run", metavar="RUN_ID", help="show one run with its findings")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -96,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
     a = asub.add_parser("verify", parents=[common], help="walk every chain of runs; exit 1 naming the first "
                                                           "record altered, removed or inserted")
-    a.add_argument("--against", metavar="HEADS", help="also check the database against this signed chain heads file")
+    a.add_argument("--against", metavar="HEADS", help="also check the database against the signed chain heads: "
+                                                      "a heads file, or s3://bucket/prefix (heads_s3)")
     a.add_argument("--public-key", metavar="FILE",
                    help="Ed25519 public key checking the signatures (default: from evidence.signing_key_file)")
     a.add_argument("--json", action="store_true", help="print JSON")
@@ -140,7 +155,7 @@ def _history(args: argparse.Namespace, settings: Any) -> Any:
     from reversib.history import History
 
     history = History.open(settings.history_url(args.history))
-    if settings.daemon.evidence.heads_path:  # signed chain heads after each run (docs/evidence.md)
+    if settings.daemon.evidence.anchored:  # signed chain heads after each run (docs/evidence.md)
         try:
             from reversib.evidence.anchor import attach
 
@@ -182,6 +197,27 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
                 checks.append(found)
         else:
             raise UsageError("name one or more checks, or use --all, or --source URL for an ad-hoc check")
+    if args.restore != "due":
+        from reversib.dumps import with_restore_level
+
+        checks = [with_restore_level(c, args.restore) for c in checks]
+    shard: tuple[int, int] | None = None
+    if args.shard is not None:
+        from reversib.shards import ShardError, parse_shard, run_id_for
+
+        if len(checks) != 1:
+            raise UsageError("--shard runs one check: name exactly one (or one --source)")
+        try:
+            shard = parse_shard(args.shard)
+            if args.run_id is None and shard[1] > 1:
+                raise ShardError("--shard K/N with N > 1 needs --run-id: the shards of a run meet under it")
+            sharded_run_id = run_id_for(args.run_id) if args.run_id is not None else None
+        except ShardError as exc:
+            raise UsageError(str(exc)) from None
+        if not 1 <= args.lease <= 86400:
+            raise UsageError("--lease takes 1 to 86400 seconds")
+    elif args.run_id is not None:
+        raise UsageError("--run-id needs --shard")
     history = _history(args, settings)
     cancel = CancelToken()
 
@@ -194,7 +230,18 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
     try:
         for check in checks:
             progress = TerminalProgress() if show_progress else None
-            result = run_check(check, history, cancel=cancel, progress=progress)
+            if shard is not None:
+                import uuid
+
+                from reversib.shards import ShardError, run_sharded
+
+                try:
+                    result = run_sharded(check, history, shard=shard, run_id=sharded_run_id or uuid.uuid4().hex,
+                                         cancel=cancel, lease=args.lease)
+                except ShardError as exc:
+                    raise UsageError(str(exc)) from None
+            else:
+                result = run_check(check, history, cancel=cancel, progress=progress)
             results.append(result)
             if not args.json:
                 render_result(result, sys.stdout, verbose=args.verbose)
@@ -267,6 +314,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     found = settings.find(args.check)
+    if args.older_than is not None or args.dry_run or (args.check == "prune" and found is None):
+        return _history_prune(args, settings)
     check_id = found.check_id if found else args.check
     history = _history(args, settings)
     try:
@@ -300,6 +349,43 @@ def cmd_history(args: argparse.Namespace) -> int:
         d = r.to_dict()
         print(f"{d['started_at']}  {(d['outcome'] or d['state']):<9} {d['trigger']:<8} "
               f"files {d['files_verified']:<7} findings {sum((d['counts'] or {}).values()):<5} {d['id']}")
+    return EXIT_PASSED
+
+
+def _history_prune(args: argparse.Namespace, settings: Any) -> int:
+    if args.check != "prune" or args.older_than is None:
+        raise UsageError("usage: reversib history prune --older-than AGE [--dry-run]")
+    from reversib.evidence.anchor import SignatureError, load_private_key
+    from reversib.evidence.prune import PruneError, prune
+    from reversib.units import parse_duration
+
+    try:
+        age = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    if not settings.daemon.evidence.signing_key_file:
+        raise UsageError("pruning needs evidence.signing_key_file: the checkpoint replacing old runs is signed")
+    try:
+        key = load_private_key(settings.daemon.evidence.signing_key_file)
+    except SignatureError as exc:
+        raise UsageError(str(exc)) from None
+    import datetime as dt
+
+    from reversib.history import History
+
+    with History.open(settings.history_url(args.history)) as history:
+        try:
+            pruned = prune(history, key, history._now() - dt.timedelta(seconds=age), dry_run=args.dry_run)
+        except PruneError as exc:
+            print(f"reversib: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"schema": 1, "dry_run": args.dry_run, "pruned": [p.to_dict() for p in pruned]}, indent=2))
+    for p in pruned if not args.json else ():
+        print(f"{p.check_id}: {'would prune' if args.dry_run else 'pruned'} {p.runs} runs (links 1..{p.through_seq}, "
+              f"finished up to {p.through.isoformat() if p.through else '?'}), replaced by a signed checkpoint")
+    if not pruned and not args.json:
+        print(f"nothing finished more than {args.older_than} ago")
     return EXIT_PASSED
 
 
@@ -357,32 +443,43 @@ def _public_key(args: argparse.Namespace, settings: Any) -> Any:
 def cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_command != "verify":
         raise UsageError("usage: reversib audit verify [--against HEADS]")
-    from reversib.evidence.anchor import SignatureError, load_heads
+    from reversib.evidence.anchor import SignatureError, load_anchored
+    from reversib.evidence.anchor_s3 import AnchorError
     from reversib.evidence.audit import verify_chains
     from reversib.history import History
 
     settings = _settings(args)
+    # the key verifies the anchored heads and the checkpoints of pruned chains
+    key = _public_key(args, settings) if args.against or args.public_key or \
+        settings.daemon.evidence.signing_key_file else None
     against = None
     if args.against:
         try:
-            against = load_heads(args.against, _public_key(args, settings))
+            against = load_anchored(args.against, key or _public_key(args, settings), settings.daemon.evidence)
         except SignatureError as exc:
-            print(f"reversib: the chain heads file {args.against} cannot be trusted: {exc}", file=sys.stderr)
+            print(f"reversib: the chain heads {args.against} cannot be trusted: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        except AnchorError as exc:
+            print(f"reversib: could not read the chain heads: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         except OSError as exc:
             raise UsageError(f"cannot read {args.against}: {exc.strerror}") from None
     with History.open(settings.history_url(args.history)) as history:
-        report = verify_chains(history, against)
+        report = verify_chains(history, against, key)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         for p in report.first_problems():
             print(f"{p.check_id}: {p.kind}: {p.message}")
+        for line in report.could_not_verify:
+            print(f"could not verify: {line}")
         extra = len(report.problems) - len(report.first_problems())
-        verdict = "OK" if report.ok else f"TAMPERED ({len(report.problems)} problems, {extra} after the first ones)"
+        verdict = ("OK" if report.ok else "COULD NOT VERIFY" if not report.problems
+                   else f"TAMPERED ({len(report.problems)} problems, {extra} after the first ones)")
         print(f"{verdict}: {len(report.checks)} chains, {report.links} links"
+              + (f", {report.checkpoints} starting at a signed checkpoint" if report.checkpoints else "")
               + (f", {report.anchored} heads checked against {args.against}" if args.against else ""))
-    return EXIT_PASSED if report.ok else EXIT_FAILED
+    return EXIT_PASSED if report.ok else EXIT_FAILED if report.problems else EXIT_ERROR
 
 
 def _when(text: str, option: str) -> Any:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from reversib.manifests import FORMATS
+from reversib.archives.options import ArchiveConfig
+from reversib.manifests import FORMATS, check_format
 from reversib.model import Tier
 from reversib.sources.s3_options import S3Options
 from reversib.sources.sftp_options import SftpOptions
@@ -64,6 +64,8 @@ def _check_tz(value: str) -> str:
 class SourceConfig(Strict):
     url: str = Field(description="where the export lives: a path, file://, s3://bucket/prefix, sftp://user@host/path")
     rate_limit: Size | None = Field(None, description="maximum bytes per second read from this source")
+    max_connections: int | None = Field(None, ge=1, le=256, description="reads in flight at most on this "
+                                        "source (caps fixity.parallelism and source.s3.concurrency)")
     s3: S3Options | None = Field(None, description="options of an s3:// source")
     sftp: SftpOptions | None = Field(None, description="options of an sftp:// source")
 
@@ -86,27 +88,53 @@ class GenerationConfig(Strict):
 
 
 class SignatureConfig(Strict):
-    """The manifest must be signed (OpenSSH signature `<manifest>.sig`, docs/evidence.md)."""
+    """The manifest must be signed: OpenSSH, minisign or OpenPGP, a detached signature next to it
+    (docs/evidence.md)."""
 
-    allowed_signers_file: str = Field(description="OpenSSH allowed-signers file (relative to the check file)")
-    identity: str = Field(min_length=1, description="the signer identity the allowed-signers file names")
-    namespace: str = Field("file", min_length=1, description="the signature namespace (ssh-keygen -Y sign -n)")
+    type: Literal["ssh", "minisign", "openpgp"] = Field("ssh", description="the signature tool: ssh "
+                                                        "(ssh-keygen -Y), minisign, openpgp (gpg)")
+    allowed_signers_file: str | None = Field(None, description="ssh: OpenSSH allowed-signers file "
+                                             "(relative to the check file)")
+    identity: str | None = Field(None, min_length=1, description="ssh: the signer identity the "
+                                 "allowed-signers file names")
+    namespace: str = Field("file", min_length=1, description="ssh: the signature namespace (ssh-keygen -Y sign -n)")
+    public_key_files: list[str] = Field(default_factory=list, description="minisign, openpgp: the provider's "
+                                        "public key file(s) (relative to the check file)")
+    suffix: str | None = Field(None, min_length=1, description="signature file name = manifest + this "
+                               "(default .sig; .minisig for minisign)")
     required: bool = Field(True, description="an unsigned manifest is an error (false: a warning)")
+
+    @model_validator(mode="after")
+    def _keys_for_type(self) -> SignatureConfig:
+        if self.type == "ssh":
+            if self.allowed_signers_file is None or self.identity is None:
+                raise ValueError("signature type ssh needs allowed_signers_file and identity")
+            if self.public_key_files:
+                raise ValueError("public_key_files is for minisign and openpgp; ssh uses allowed_signers_file")
+        else:
+            if not self.public_key_files:
+                raise ValueError(f"signature type {self.type} needs public_key_files")
+            if self.allowed_signers_file is not None or self.identity is not None:
+                raise ValueError(f"allowed_signers_file and identity are for type ssh, not {self.type}")
+        return self
+
+    @property
+    def sig_suffix(self) -> str:
+        return self.suffix or (".minisig" if self.type == "minisign" else ".sig")
 
 
 class ManifestConfig(Strict):
     path: str | None = Field(None, description="manifest inside the export (relative to the export root)")
     location: str | None = Field(None, description="manifest outside the export (path relative to the check file)")
     format: str = Field("auto", description="one of " + ", ".join(FORMATS))
-    signature: SignatureConfig | None = Field(None, description="require an OpenSSH-signed manifest")
+    signature: SignatureConfig | None = Field(None, description="require a signed manifest (OpenSSH, minisign, "
+                                              "OpenPGP)")
     append_only: bool = Field(False, description="files never vanish nor change between generations")
 
     @field_validator("format")
     @classmethod
     def _fmt(cls, v: str) -> str:
-        if v not in FORMATS:
-            raise ValueError(f"unknown manifest format {v!r}; expected one of: {', '.join(FORMATS)}")
-        return v
+        return check_format(v)
 
     @model_validator(mode="after")
     def _one_place(self) -> ManifestConfig:
@@ -183,6 +211,33 @@ class FixityConfig(Strict):
         return v
 
 
+class CoverageConfig(Strict):
+    """Rolling coverage (docs/coverage.md): each run verifies a budget of the export, the entries least
+    recently verified first, so that every byte is verified at least once per `period`."""
+
+    period: Duration = Field(gt=0, description="every entry's content is verified at least once this often")
+    budget_bytes: Size | None = Field(None, gt=0, description="bytes verified per run, at most")
+    budget_share: float | None = Field(None, gt=0, le=1, description="share of the export's bytes verified "
+                                       "per run, at most (0.2: a fifth)")
+    random_share: float = Field(0.1, ge=0, le=1, description="share of the budget spent on entries drawn at "
+                                "random (the rest: changed, never verified, then least recently verified)")
+
+    @model_validator(mode="after")
+    def _a_budget(self) -> CoverageConfig:
+        if self.budget_bytes is None and self.budget_share is None:
+            raise ValueError("give coverage.budget_bytes and/or coverage.budget_share")
+        return self
+
+
+class ChallengeConfig(Strict):
+    """Challenge reads (docs/coverage.md): block digests recorded on each full download, random blocks
+    read back later and compared."""
+
+    block_size: Size = Field(8 << 20, ge=64 << 10, le=1 << 30, description="bytes per recorded block digest")
+    reads: int = Field(4, ge=0, le=10000, description="random blocks read back per run from entries not "
+                       "downloaded in that run (0: only record)")
+
+
 class CompletionConfig(Strict):
     marker: str | None = Field(None, description="file whose presence says the delivery is complete")
     stable_for: Duration | None = Field(None, ge=0, le=3600, description="list the export twice this far "
@@ -250,6 +305,13 @@ class CheckConfig(Strict):
     expect: ExpectConfig = Field(default_factory=lambda: ExpectConfig())
     fixity: FixityConfig = Field(default_factory=lambda: FixityConfig())
     dumps: list[DumpConfig] = Field(default_factory=list, description="database dumps to check (docs/dumps.md)")
+    archive: ArchiveConfig | None = Field(None, description="the export is an archive file, possibly encrypted: "
+                                                            "verify inside it (docs/archives.md)")
+    coverage: CoverageConfig | None = Field(None, description="verify a budget per run, every entry once per "
+                                            "period (none: every entry every run)")
+    challenge: ChallengeConfig | None = Field(None, description="record block digests, read random blocks back")
+    shards: int = Field(1, ge=1, le=1000, description="daemons split each run into this many shards that "
+                        "replicas verify in parallel (docs/scale.md)")
 
     @field_validator("id")
     @classmethod
@@ -274,9 +336,29 @@ class CheckConfig(Strict):
 
     @model_validator(mode="after")
     def _deadline_needs_dates(self) -> CheckConfig:
-        if self.expect.deadline is not None and (self.generation is None or not self.generation.is_date):
-            raise ValueError("expect.deadline needs generation.pattern with a date template such as %Y-%m-%d "
-                             "(use expect.max_age for an export without dated folders)")
+        dated_archive = self.archive is not None and "%" in self.archive.path
+        if self.expect.deadline is not None and (self.generation is None or not self.generation.is_date) \
+                and not dated_archive:
+            raise ValueError("expect.deadline needs generation.pattern with a date template such as %Y-%m-%d, or "
+                             "archive.path with one (use expect.max_age for an export without dated folders)")
+        return self
+
+    @model_validator(mode="after")
+    def _coverage_needs_fixity(self) -> CheckConfig:
+        if (self.coverage is not None or self.challenge is not None) and not self.fixity.enabled:
+            raise ValueError("coverage and challenge need fixity.enabled (they schedule content verification)")
+        if self.archive is not None and (self.coverage is not None or self.challenge is not None):
+            raise ValueError("archive cannot be combined with coverage or challenge: an archive is read whole, "
+                             "as one stream, every run")
+        return self
+
+    @model_validator(mode="after")
+    def _shards_alone(self) -> CheckConfig:
+        if self.shards > 1:
+            given = [k for k in ("coverage", "challenge", "archive") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"shards: {self.shards} cannot be combined with {', '.join(given)} (docs/scale.md); "
+                                 "use shards: 1")
         return self
 
     @property
@@ -339,6 +421,8 @@ class RunDaemonConfig(Strict):
                                        description="on SIGTERM, how long running checks get to record interrupted")
     catch_up: bool = Field(True, description="at start, run the most recent slot missed while reversib was down")
     catch_up_window: Duration = Field(86400.0, ge=0, description="how far back a missed slot is still caught up")
+    lease: Duration = Field(60.0, ge=1, le=3600, description="with several replicas: how long a run's shard stays "
+                            "claimed by a replica that stopped renewing it (docs/scale.md)")
     api_token_env: str | None = Field(None, description="environment variable holding the API token")
     api_token_file: str | None = Field(None, description="file holding the API token")
 
@@ -367,6 +451,21 @@ class RunDaemonConfig(Strict):
         return None
 
 
+class HeadsS3Config(Strict):
+    """Signed chain heads written as Object-Locked objects (docs/evidence.md)."""
+
+    url: str = Field(pattern=r"^s3://[^/]+(/.*)?$", description="s3://bucket/prefix (the bucket has Object Lock)")
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field("COMPLIANCE", description="Object Lock retention mode")
+    retention_days: int = Field(400, ge=1, le=36500, description="each head object is retained this many days")
+    s3: dict[str, Any] = Field(default_factory=dict, description="connection options: the keys of source.s3")
+
+    @field_validator("s3")
+    @classmethod
+    def _s3_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        S3Options.model_validate(v)
+        return v
+
+
 class EvidenceConfig(Strict):
     """Signed chain heads and signed reports (docs/evidence.md)."""
 
@@ -374,12 +473,19 @@ class EvidenceConfig(Strict):
                                                            "signs the chain heads and reports")
     heads_path: str | None = Field(None, description="file where the signed chain heads are written after "
                                                      "each run (outside the database's reach)")
+    heads_s3: HeadsS3Config | None = Field(None, description="also write each signed head as an object with "
+                                           "Object Lock retention to an S3 bucket")
 
     @model_validator(mode="after")
     def _key_for_heads(self) -> EvidenceConfig:
-        if self.heads_path is not None and self.signing_key_file is None:
-            raise ValueError("evidence.heads_path needs evidence.signing_key_file (the heads are signed)")
+        if (self.heads_path is not None or self.heads_s3 is not None) and self.signing_key_file is None:
+            raise ValueError("evidence.heads_path and heads_s3 need evidence.signing_key_file (the heads are signed)")
         return self
+
+    @property
+    def anchored(self) -> bool:
+        """Heads are anchored outside the database after each run (a file and/or S3)."""
+        return self.heads_path is not None or self.heads_s3 is not None
 
 
 class DaemonConfig(Strict):
@@ -451,6 +557,8 @@ def _errors(path: Path, exc: ValidationError) -> list[str]:
 
 
 def _read_yaml(path: Path, errors: list[str]) -> dict[str, Any] | None:
+    import yaml  # here: `verify-now --source` without a configuration file never needs it
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -507,12 +615,20 @@ def load_check(path: Path, defaults: DefaultsConfig, errors: list[str]) -> Check
         restore = dump.get("restore") if isinstance(dump, dict) else None
         if isinstance(restore, dict) and isinstance(restore.get("target_url_file"), str):
             restore["target_url_file"] = _resolve(base, restore["target_url_file"])
+    arc = data.get("archive")
+    dec = arc.get("decrypt") if isinstance(arc, dict) else None
+    if isinstance(dec, dict):  # key files are relative to this file
+        for key in ("identity_file", "passphrase_file", "gnupg_home"):
+            if isinstance(dec.get(key), str):
+                dec[key] = _resolve(base, dec[key])
     man = data.get("manifest")
     if isinstance(man, dict) and isinstance(man.get("location"), str):
         man["location"] = _resolve(base, man["location"])
     sig = man.get("signature") if isinstance(man, dict) else None
     if isinstance(sig, dict) and isinstance(sig.get("allowed_signers_file"), str):
         sig["allowed_signers_file"] = _resolve(base, sig["allowed_signers_file"])
+    if isinstance(sig, dict) and isinstance(sig.get("public_key_files"), list):
+        sig["public_key_files"] = [_resolve(base, k) if isinstance(k, str) else k for k in sig["public_key_files"]]
     if defaults.fixity:
         data["fixity"] = _merge(defaults.fixity, data.get("fixity"))
     try:
@@ -553,6 +669,11 @@ def load_settings(path: Path | None) -> Settings:
             for key in ("signing_key_file", "heads_path"):
                 if isinstance(ev.get(key), str):
                     ev[key] = _resolve(path.parent, ev[key])
+            opts = ev["heads_s3"].get("s3") if isinstance(ev.get("heads_s3"), dict) else None
+            if isinstance(opts, dict):  # file options of the heads bucket: relative to this file
+                for key, value in opts.items():
+                    if isinstance(value, str) and (key.endswith("_file") or key in PATH_OPTIONS):
+                        opts[key] = _resolve(path.parent, value)
         d = data.get("daemon")
         if isinstance(d, dict) and isinstance(d.get("api_token_file"), str):
             d["api_token_file"] = _resolve(path.parent, d["api_token_file"])

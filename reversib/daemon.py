@@ -15,7 +15,11 @@ How a slot becomes a run (see docs/daemon.md):
 * SIGHUP reloads the configuration after validating it (an invalid one is logged and the old one
   kept); SIGTERM/SIGINT stop the timer, cancel running runs through their `CancelToken` (recorded
   `interrupted`) and exit within `daemon.shutdown_timeout`;
-* with SQLite, an exclusive lock on `<database>.lock` refuses a second daemon on the same file.
+* with SQLite, an exclusive lock on `<database>.lock` refuses a second daemon on the same file;
+* with PostgreSQL, several daemons (replicas) may share the history: every run goes through the shard
+  leases of `reversib.shards.run_replicated` (a check's `shards: N` splits it; a replica that dies
+  leaves its shards to the others once `daemon.lease` has passed; a poller takes them over).  See
+  docs/scale.md.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from reversib.history import History, HistoryError, SlotTaken, iso, to_datetime
 from reversib.metrics import DaemonStatus, HistoryCollector, ScheduledCheck
 from reversib.model import RunResult, Trigger
 from reversib.runner import run_check
-from reversib.sources.base import CancelToken
+from reversib.sources.base import Cancelled, CancelToken
 
 log = logging.getLogger("reversib.daemon")
 
@@ -123,6 +127,7 @@ class _Job:
     slot: float | None
     trigger: Trigger
     queued_at: float
+    run_id: str | None = None  # join this existing run (a replica's takeover of abandoned shards)
 
 
 @dataclass
@@ -143,8 +148,15 @@ class Daemon:
     runner: Runner = run_check
     load: Callable[[Path | None], Settings] = load_settings
     lag_samples: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=100_000))
+    replicas: bool | None = None  # runs through shard leases (None: when the history is PostgreSQL)
 
     def __post_init__(self) -> None:
+        from reversib.shards import Replicas
+
+        if self.replicas is None:
+            self.replicas = self.history.engine.dialect.name == "postgresql"
+        self.replica = Replicas(self.history, self.settings.daemon.daemon.lease, self.clock)
+        self._poller: threading.Thread | None = None
         self._cond = threading.Condition()
         self._checks: dict[str, _Check] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -224,6 +236,28 @@ class Daemon:
             self.catch_up(cfg.catch_up_window)
         self._timer = threading.Thread(target=self._timer_loop, name="reversib-timer", daemon=True)
         self._timer.start()
+        if self.replicas or any(c.check.shards > 1 for c in self.scheduled_checks()) or self.replica.open_work():
+            self._poller = threading.Thread(target=self._poll_loop, name="reversib-poller", daemon=True)
+            self._poller.start()
+
+    def _poll_loop(self) -> None:
+        """Replicas: queue a takeover of the runs whose shards are pending or abandoned (docs/scale.md)."""
+        while not self.replica.stopped.wait(self.replica.every):
+            for check_id, run_id in self.replica.open_work():
+                with self._cond:
+                    state = self._checks.get(check_id)
+                    stopping = self._stopping
+                if state is None and not stopping:  # a check removed from the configuration: docs/scale.md
+                    self.replica.abandon(check_id, run_id)
+                    continue
+                with self._cond:
+                    if state is None or state.busy or self._stopping:
+                        continue
+                    log.info("check %s: taking part in run %s (shards pending or abandoned)", check_id, run_id,
+                             extra={"event": "takeover", "check": check_id, "run_id": run_id})
+                    self._enqueue(state, None, Trigger.SCHEDULE, self.clock(), run_id=run_id)
+            for check_id, slot in self.replica.due_skips():
+                self._skip(check_id, slot, defer=False)
 
     def catch_up(self, window: float) -> list[tuple[str, float]]:
         """Queue the most recent slot of each check that fell due within `window` seconds and of which
@@ -278,12 +312,15 @@ class Daemon:
         return self._timer is not None and self._timer.is_alive() and not self._stopping
 
     def status(self) -> DaemonStatus:
-        return DaemonStatus(self.timer_alive, self.reload_ok, self.reload_ok_at)
+        events, running = self.replica.activity.snapshot()
+        return DaemonStatus(self.timer_alive, self.reload_ok, self.reload_ok_at,
+                            shard_events=events if self.replicas else None, shards_running=running)
 
-    def _enqueue(self, state: _Check, slot: float | None, trigger: Trigger, now: float) -> None:
+    def _enqueue(self, state: _Check, slot: float | None, trigger: Trigger, now: float,
+                 run_id: str | None = None) -> None:
         """Under the lock."""
         state.busy = True
-        self._pending.append(_Job(state, state.check, slot, trigger, now))
+        self._pending.append(_Job(state, state.check, slot, trigger, now, run_id))
         self._pump()
 
     def _pump(self) -> None:
@@ -302,7 +339,14 @@ class Daemon:
         try:
             if job.slot is not None:
                 self.lag_samples.append(self.clock() - job.slot)
-            self.runner(job.check, self.history, trigger=job.trigger, scheduled_for=job.slot, cancel=cancel)
+            if self.replicas or job.check.shards > 1:
+                self.replica.run(job.check, trigger=job.trigger, scheduled_for=job.slot, run_id=job.run_id,
+                                 cancel=cancel)
+            else:
+                self.runner(job.check, self.history, trigger=job.trigger, scheduled_for=job.slot, cancel=cancel)
+        except Cancelled:  # a replica's shard given back at shutdown: another replica takes it at once
+            log.info("check %s: shard released (%s)", check_id, cancel.reason, extra={"event": "released",
+                                                                                  "check": check_id})
         except SlotTaken:
             log.info("slot %s of check %s was already claimed by another process", iso(to_datetime(job.slot or 0)),
                      check_id, extra={"event": "slot_taken", "check": check_id})
@@ -350,7 +394,10 @@ class Daemon:
             for check_id, slot in skips:
                 self._skip(check_id, slot)
 
-    def _skip(self, check_id: str, slot: float) -> None:
+    def _skip(self, check_id: str, slot: float, defer: bool = True) -> None:
+        if defer and self.replicas:  # another replica may run it: recorded skipped only if none did
+            self.replica.defer_skip(check_id, slot)
+            return
         try:
             recorded = self.history.record_skipped(check_id, slot, "overlap")
         except HistoryError as exc:
@@ -367,6 +414,7 @@ class Daemon:
         timeout = self.settings.daemon.daemon.shutdown_timeout if timeout is None else timeout
         with self._cond:
             self._stopping = True
+            self.replica.stopped.set()
             for job in self._pending:
                 job.state.busy = False
             self._pending.clear()
@@ -445,7 +493,7 @@ def serve(settings: Settings, *, listen: str | None = None, history_url: str | N
     try:
         history = History.open(url)
         try:
-            if settings.daemon.evidence.heads_path:  # signed chain heads after each run (docs/evidence.md)
+            if settings.daemon.evidence.anchored:  # signed chain heads after each run (docs/evidence.md)
                 from reversib.evidence.anchor import attach
 
                 attach(history, settings.daemon.evidence)

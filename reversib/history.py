@@ -34,7 +34,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, Severity, Trigger, canonical_json
 
@@ -55,7 +54,7 @@ __all__ = [
 ]
 
 # The Alembic head this code expects; tests assert it equals the migration scripts' head.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0006"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BATCH_SIZE = 5000
 _PG_SCHEMA_LOCK = 0x7265766572736962  # "reversib": pg_advisory_xact_lock key for schema upgrades
@@ -171,106 +170,101 @@ class JSONType(sa.types.TypeDecorator[Any]):
 PathText = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 
 
-class Base(DeclarativeBase):
-    pass
+# The schema, as SQLAlchemy Core tables (the ORM is not needed, and importing it costs ~60 ms per start).
+# `Base.metadata` is the MetaData every table of the history joins (leases, evidence chain, migrations).
+class Base:
+    metadata = sa.MetaData()
 
 
-class RunModel(Base):
-    __tablename__ = "runs"
-    __table_args__ = (
-        sa.UniqueConstraint("check_id", "scheduled_for", name="uq_runs_check_slot"),
-        sa.Index("ix_runs_check_started", "check_id", "started_at"),
-        sa.Index("ix_runs_check_outcome_started", "check_id", "outcome", "started_at"),
-        sa.Index("ix_runs_state", "state"),
-    )
-
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    check_id: Mapped[str] = mapped_column(sa.String())
-    check_name: Mapped[str] = mapped_column(sa.String())
-    trigger: Mapped[str] = mapped_column(sa.String(16))
-    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    state: Mapped[str] = mapped_column(sa.String(16))
-    outcome: Mapped[str | None] = mapped_column(sa.String(16))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    duration_seconds: Mapped[float | None] = mapped_column(sa.Float())
-    host: Mapped[str] = mapped_column(sa.String())
-    pid: Mapped[int] = mapped_column(sa.Integer())
-    labels: Mapped[dict[str, str]] = mapped_column(JSONType())
-    source: Mapped[str | None] = mapped_column(sa.Text())
-    manifest: Mapped[str | None] = mapped_column(sa.Text())
-    manifest_digest: Mapped[str | None] = mapped_column(sa.String())
-    generation: Mapped[str | None] = mapped_column(sa.String())
-    error: Mapped[str | None] = mapped_column(sa.Text())
-    counts: Mapped[dict[str, int]] = mapped_column(JSONType())
-    severities: Mapped[dict[str, int]] = mapped_column(JSONType())
-    tiers: Mapped[dict[str, int]] = mapped_column(JSONType())
-    bytes_verified: Mapped[int] = mapped_column(sa.BigInteger())
-    files_verified: Mapped[int] = mapped_column(sa.BigInteger())
-    files_listed: Mapped[int] = mapped_column(sa.BigInteger())
-    bytes_listed: Mapped[int] = mapped_column(sa.BigInteger())
-    manifest_entries: Mapped[int] = mapped_column(sa.BigInteger())
-    newest_mtime: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    summary_digest: Mapped[str | None] = mapped_column(sa.String(64))
+def _col(name: str, type_: Any, *args: Any, nullable: bool = False, **kwargs: Any) -> sa.Column[Any]:
+    """A column NOT NULL unless said otherwise (the ORM's `Mapped[X]` vs `Mapped[X | None]`)."""
+    return sa.Column(name, type_, *args, nullable=nullable, **kwargs)
 
 
-class FindingModel(Base):
-    __tablename__ = "findings"
+runs_t = sa.Table(
+    "runs", Base.metadata,
+    _col("id", sa.String(32), primary_key=True),
+    _col("check_id", sa.String()),
+    _col("check_name", sa.String()),
+    _col("trigger", sa.String(16)),
+    _col("scheduled_for", UTCDateTime(), nullable=True),
+    _col("state", sa.String(16)),
+    _col("outcome", sa.String(16), nullable=True),
+    _col("started_at", UTCDateTime()),
+    _col("finished_at", UTCDateTime(), nullable=True),
+    _col("duration_seconds", sa.Float(), nullable=True),
+    _col("host", sa.String()),
+    _col("pid", sa.Integer()),
+    _col("labels", JSONType()),
+    _col("source", sa.Text(), nullable=True),
+    _col("manifest", sa.Text(), nullable=True),
+    _col("manifest_digest", sa.String(), nullable=True),
+    _col("generation", sa.String(), nullable=True),
+    _col("error", sa.Text(), nullable=True),
+    _col("counts", JSONType()),
+    _col("severities", JSONType()),
+    _col("tiers", JSONType()),
+    _col("bytes_verified", sa.BigInteger()),
+    _col("files_verified", sa.BigInteger()),
+    _col("files_listed", sa.BigInteger()),
+    _col("bytes_listed", sa.BigInteger()),
+    _col("manifest_entries", sa.BigInteger()),
+    _col("newest_mtime", UTCDateTime(), nullable=True),
+    _col("summary_digest", sa.String(64), nullable=True),
+    _col("coverage", JSONType(), nullable=True),  # 0004: rolling coverage figures
+    _col("bytes_downloaded", sa.BigInteger(), nullable=True),  # 0004: bytes read from the source
+    sa.UniqueConstraint("check_id", "scheduled_for", name="uq_runs_check_slot"),
+    sa.Index("ix_runs_check_started", "check_id", "started_at"),
+    sa.Index("ix_runs_check_outcome_started", "check_id", "outcome", "started_at"),
+    sa.Index("ix_runs_state", "state"),
+)
 
-    run_id: Mapped[str] = mapped_column(sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    seq: Mapped[int] = mapped_column(sa.Integer(), primary_key=True)
-    kind: Mapped[str] = mapped_column(sa.String(32))
-    severity: Mapped[str] = mapped_column(sa.String(16))
-    path: Mapped[str | None] = mapped_column(sa.Text())
-    expected: Mapped[str | None] = mapped_column(sa.Text())
-    actual: Mapped[str | None] = mapped_column(sa.Text())
-    detail: Mapped[str | None] = mapped_column(sa.Text())
+findings_t = sa.Table(
+    "findings", Base.metadata,
+    _col("run_id", sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    _col("seq", sa.Integer(), primary_key=True),
+    _col("kind", sa.String(32)),
+    _col("severity", sa.String(16)),
+    _col("path", sa.Text(), nullable=True),
+    _col("expected", sa.Text(), nullable=True),
+    _col("actual", sa.Text(), nullable=True),
+    _col("detail", sa.Text(), nullable=True),
+)
 
+# The last verification of each manifest path of each check.  `run_id` is deliberately not a foreign key:
+# pruning old runs must not erase what is known about the entries they verified.
+entries_t = sa.Table(
+    "entry_state", Base.metadata,
+    _col("check_id", sa.String(), primary_key=True),
+    _col("path", PathText, primary_key=True),
+    _col("size", sa.BigInteger(), nullable=True),
+    _col("digests", JSONType()),
+    _col("tier", sa.String(32)),
+    _col("verified_at", UTCDateTime()),
+    _col("run_id", sa.String(32)),
+    # 0004: block digests of the last full download that matched the manifest (reversib.challenge)
+    _col("blocks", sa.Text(), nullable=True),
+    sqlite_with_rowid=False,
+)
 
-class EntryStateModel(Base):
-    """The last verification of each manifest path of each check.  `run_id` is deliberately not a
-    foreign key: pruning old runs must not erase what is known about the entries they verified."""
+# A schedule slot that was not run: `overlap` (the previous run of the check was still going).
+skipped_t = sa.Table(
+    "skipped_slots", Base.metadata,
+    _col("check_id", sa.String(), primary_key=True),
+    _col("scheduled_for", UTCDateTime(), primary_key=True),
+    _col("reason", sa.String(16)),
+    _col("recorded_at", UTCDateTime()),
+    _col("host", sa.String()),
+    _col("pid", sa.Integer()),
+)
 
-    __tablename__ = "entry_state"
-    __table_args__ = {"sqlite_with_rowid": False}
-
-    check_id: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    path: Mapped[str] = mapped_column(PathText, primary_key=True)
-    size: Mapped[int | None] = mapped_column(sa.BigInteger())
-    digests: Mapped[dict[str, str]] = mapped_column(JSONType())
-    tier: Mapped[str] = mapped_column(sa.String(32))
-    verified_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    run_id: Mapped[str] = mapped_column(sa.String(32))
-
-
-class SkippedSlotModel(Base):
-    """A schedule slot that was not run: `overlap` (the previous run of the check was still going)."""
-
-    __tablename__ = "skipped_slots"
-
-    check_id: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
-    reason: Mapped[str] = mapped_column(sa.String(16))
-    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    host: Mapped[str] = mapped_column(sa.String())
-    pid: Mapped[int] = mapped_column(sa.Integer())
-
-
-class RunCountModel(Base):
-    """Completed runs per (check, outcome), bumped in the transaction that completes each run."""
-
-    __tablename__ = "run_counts"
-
-    check_id: Mapped[str] = mapped_column(sa.String(), primary_key=True)
-    outcome: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
-    runs: Mapped[int] = mapped_column(sa.BigInteger())
-
-
-runs_t: sa.Table = RunModel.__table__  # type: ignore[assignment]
-findings_t: sa.Table = FindingModel.__table__  # type: ignore[assignment]
-entries_t: sa.Table = EntryStateModel.__table__  # type: ignore[assignment]
-skipped_t: sa.Table = SkippedSlotModel.__table__  # type: ignore[assignment]
-counts_t: sa.Table = RunCountModel.__table__  # type: ignore[assignment]
+# Completed runs per (check, outcome), bumped in the transaction that completes each run.
+counts_t = sa.Table(
+    "run_counts", Base.metadata,
+    _col("check_id", sa.String(), primary_key=True),
+    _col("outcome", sa.String(16), primary_key=True),
+    _col("runs", sa.BigInteger()),
+)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -285,6 +279,7 @@ class EntryRecord:
     digests: Mapping[str, str]
     tier: str
     verified_at: float
+    blocks: str | None = None  # compact JSON (reversib.challenge); None keeps the recorded ones
 
 
 @dataclass(frozen=True)
@@ -319,6 +314,8 @@ class RunRow:
     manifest_entries: int = 0
     newest_mtime: datetime | None = None
     summary_digest: str | None = None
+    coverage: dict[str, Any] | None = None
+    bytes_downloaded: int | None = None
 
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> RunRow:
@@ -338,6 +335,8 @@ class RunRow:
 
 
 _RUN_FIELDS = [c.name for c in runs_t.columns]
+# Run fields added after the first summary digests were recorded: covered by the digest only when set.
+LATER_RUN_FIELDS = ("coverage", "bytes_downloaded")
 
 
 @dataclass(frozen=True)
@@ -363,6 +362,9 @@ def summary_document(run: RunRow, findings: Sequence[Finding]) -> dict[str, Any]
     """What `summary_digest` covers: every stored field of the run but the digest, and the findings."""
     data = run.to_dict()
     del data["summary_digest"]
+    for name in LATER_RUN_FIELDS:  # absent from the runs recorded before them: their digests still verify
+        if data.get(name) is None:
+            data.pop(name, None)
     return {"run": data, "findings": [f.to_dict() for f in findings]}
 
 
@@ -457,9 +459,12 @@ def _as_utc(value: Any, dialect: Dialect) -> datetime:
     """A timestamp read through an untyped aggregate (SQLite returns text there) as tz-aware UTC."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    result = UTCDateTime().process_result_value(value, dialect)
+    result = _UTC_DATETIME.process_result_value(value, dialect)
     assert result is not None
     return result
+
+
+_UTC_DATETIME = UTCDateTime()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -485,7 +490,7 @@ def _json_compact(data: Mapping[str, str]) -> str:
 def _sqlite_timestamps(values: Iterable[float]) -> list[str]:
     """Epoch seconds as SQLAlchemy's SQLite DATETIME stores them (naive UTC, `YYYY-MM-DD HH:MM:SS.ffffff`),
     rounded as `datetime.fromtimestamp` rounds; dates are formatted once per day (5x faster)."""
-    days: dict[int, str] = {}
+    seconds: dict[int, str] = {}  # whole second -> "YYYY-MM-DD HH:MM:SS": a run's entries share a few
     out = []
     for ts in values:
         frac, whole = math.modf(ts)
@@ -494,30 +499,34 @@ def _sqlite_timestamps(values: Iterable[float]) -> list[str]:
             whole, us = whole + 1, us - 1_000_000
         elif us < 0:
             whole, us = whole - 1, us + 1_000_000
-        day, second = divmod(int(whole), 86400)
-        date = days.get(day)
-        if date is None:
-            date = days[day] = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
-        hour, second = divmod(second, 3600)
-        minute, second = divmod(second, 60)
-        out.append(f"{date} {hour:02d}:{minute:02d}:{second:02d}.{us:06d}")
+        second = int(whole)
+        text = seconds.get(second)
+        if text is None:
+            day, rest = divmod(second, 86400)
+            hour, rest = divmod(rest, 3600)
+            minute, rest = divmod(rest, 60)
+            date = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+            text = seconds[second] = f"{date} {hour:02d}:{minute:02d}:{rest:02d}"
+        out.append(f"{text}.{us:06d}")
     return out
 
 
+# Block digests (challenge reads) are kept until a new full download records others.
 _UPSERT_SET = (
     "ON CONFLICT (check_id, path) DO UPDATE SET size = excluded.size, digests = excluded.digests, "
-    "tier = excluded.tier, verified_at = excluded.verified_at, run_id = excluded.run_id"
+    "tier = excluded.tier, verified_at = excluded.verified_at, run_id = excluded.run_id, "
+    "blocks = COALESCE(excluded.blocks, entry_state.blocks)"
 )
 # verified_at is written as SQLAlchemy's SQLite DATETIME writes it (naive UTC, microseconds).
 _UPSERT_SQLITE = (
-    "INSERT INTO entry_state (check_id, path, size, digests, tier, verified_at, run_id) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?) {_UPSERT_SET}"
+    "INSERT INTO entry_state (check_id, path, size, digests, tier, verified_at, run_id, blocks) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?) {_UPSERT_SET}"
 )
 _UPSERT_PG = (
-    "INSERT INTO entry_state (check_id, run_id, path, size, digests, tier, verified_at) "
-    "SELECT %s, %s, e.path, e.size, e.digests::jsonb, e.tier, e.verified_at "
-    "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[]) "
-    f"AS e(path, size, digests, tier, verified_at) {_UPSERT_SET}"
+    "INSERT INTO entry_state (check_id, run_id, path, size, digests, tier, verified_at, blocks) "
+    "SELECT %s, %s, e.path, e.size, e.digests::jsonb, e.tier, e.verified_at, e.blocks "
+    "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[]) "
+    f"AS e(path, size, digests, tier, verified_at, blocks) {_UPSERT_SET}"
 )
 
 
@@ -548,6 +557,10 @@ class History:
         # Called with the check id after each completed run is committed (evidence: anchoring the chain
         # heads); an exception there is logged, never raised: the run is already recorded.
         self.after_finish: list[Callable[[str], None]] = []
+        # check id -> (run id, row) of its newest completed run, as check_summaries last read it.  A completed
+        # run's row is never updated (only deleted, by pruning), so each scrape reads the full rows of the
+        # runs completed since the previous one only.
+        self._latest_rows: dict[str, tuple[str, RunRow]] = {}
         self._engine = create_history_engine(url)
         self._password = self._engine.url.password
 
@@ -760,6 +773,8 @@ class History:
                 manifest_entries=result.manifest_entries,
                 newest_mtime=None if result.newest_mtime is None else to_datetime(result.newest_mtime),
                 summary_digest=None,
+                coverage=result.coverage,
+                bytes_downloaded=result.bytes_downloaded,
             )
             digest = compute_summary_digest(run, findings)
             values = {k: v for k, v in asdict(run).items() if k not in ("id", "started_at")}
@@ -808,11 +823,13 @@ class History:
                     [_json_compact(e.digests) for e in rows.values()],
                     [getattr(e.tier, "value", e.tier) for e in rows.values()],
                     [to_datetime(e.verified_at) for e in rows.values()],
+                    [e.blocks for e in rows.values()],
                 ))
             else:
                 stamps = _sqlite_timestamps([e.verified_at for e in rows.values()])
                 conn.exec_driver_sql(sql, [
-                    (check_id, path, e.size, _json_compact(e.digests), getattr(e.tier, "value", e.tier), ts, run_id)
+                    (check_id, path, e.size, _json_compact(e.digests), getattr(e.tier, "value", e.tier), ts, run_id,
+                     e.blocks)
                     for (path, e), ts in zip(rows.items(), stamps, strict=True)
                 ])
 
@@ -851,7 +868,8 @@ class History:
         container restart the new process often has the pid of the one that died.  (A pid reused by an
         unrelated live process keeps its run `running`: the safe side.)"""
         stmt = sa.select(runs_t.c.id, runs_t.c.pid).where(
-            runs_t.c.state == RunState.RUNNING.value, runs_t.c.host == storable(self.host)
+            runs_t.c.state == RunState.RUNNING.value, runs_t.c.host == storable(self.host),
+            ~sa.exists().where(_leases.shards_t.c.run_id == runs_t.c.id),  # sharded: leases tell (docs/scale.md)
         )
         with self._read() as conn:
             candidates = [(row.id, row.pid) for row in conn.execute(stmt)]
@@ -908,8 +926,9 @@ class History:
 
     def check_summaries(self, check_ids: Sequence[str]) -> dict[str, CheckSummary]:
         """A `CheckSummary` for each of `check_ids`, in four constant queries whatever their number: the
-        per-outcome counts (`run_counts`), the running runs (`ix_runs_state`), the newest completed run
-        and the last success of each check (index seeks), the skipped slots."""
+        per-outcome counts (`run_counts`), the running runs (`ix_runs_state`), the id of the newest completed
+        run and the last success of each check (index seeks), the skipped slots; then the full rows of the
+        newest runs not read by an earlier call (completed runs never change: the rest come from memory)."""
         if not check_ids:
             return {}
         wanted = set(check_ids)
@@ -927,11 +946,7 @@ class History:
             sa.select(r.c.finished_at).where(r.c.check_id == ids.c.check_id, r.c.outcome == Outcome.PASSED.value)
             .order_by(r.c.started_at.desc()).limit(1).correlate(ids).scalar_subquery()
         )
-        picks = sa.select(ids.c.check_id, latest_id.label("latest_id"), success_at.label("success_at")).subquery("p")
-        latest_stmt = (
-            sa.select(picks.c.check_id.label("wanted_id"), picks.c.success_at, runs_t)
-            .select_from(picks.outerjoin(runs_t, runs_t.c.id == picks.c.latest_id))
-        )
+        picks_stmt = sa.select(ids.c.check_id, latest_id.label("latest_id"), success_at.label("success_at"))
         counts_stmt = sa.select(counts_t.c.check_id, counts_t.c.outcome, counts_t.c.runs)
         running_stmt = (sa.select(runs_t.c.check_id, sa.func.count()).where(runs_t.c.state == RunState.RUNNING.value)
                         .group_by(runs_t.c.check_id))
@@ -945,12 +960,18 @@ class History:
                 running[check_id] = n
             for check_id, n in conn.execute(skipped_stmt):
                 skipped[check_id] = n
-            for row in conn.execute(latest_stmt).mappings():
-                check_id = row["wanted_id"]
-                if check_id not in wanted:
-                    continue
-                latest = RunRow.from_mapping(row) if row["id"] is not None else None
-                success = row["success_at"]
+            picks = [(check_id, run_id, success) for check_id, run_id, success in conn.execute(picks_stmt)
+                     if check_id in wanted]
+            known = self._latest_rows
+            rows = {run_id: row for run_id, row in known.values()}
+            unread = [run_id for _, run_id, _ in picks if run_id is not None and run_id not in rows]
+            for chunk in _chunks(unread, 500):
+                for mapping in conn.execute(sa.select(runs_t).where(runs_t.c.id.in_(chunk))).mappings():
+                    rows[mapping["id"]] = RunRow.from_mapping(mapping)
+            for check_id, run_id, success in picks:
+                latest = rows.get(run_id) if run_id is not None else None
+                if latest is not None:
+                    known[check_id] = (run_id, latest)
                 if success is not None:  # SQLite returns the scalar subquery's value as text
                     success = _as_utc(success, conn.dialect)
                 out[check_id] = CheckSummary(check_id, latest, success, outcomes.get(check_id, {}),
@@ -1020,6 +1041,17 @@ class History:
                 for r in conn.execute(stmt)
             ]
 
+    def block_digests(self, check_id: str, paths: Iterable[str]) -> dict[str, str]:
+        """The recorded block digests (compact JSON, reversib.challenge) of some entries of a check; entries
+        without any are left out.  For the few entries a run challenges: one query per 500 paths."""
+        e = entries_t.c
+        out: dict[str, str] = {}
+        for chunk in _chunks((storable(p) for p in paths), 500):
+            stmt = sa.select(e.path, e.blocks).where(e.check_id == check_id, e.path.in_(chunk), e.blocks.is_not(None))
+            with self._read() as conn:
+                out.update({path: blocks for path, blocks in conn.execute(stmt)})
+        return out
+
     def entry_states(self, check_id: str) -> Iterator[EntryRecord]:
         """The entry states of a check in path order (code point order), read in pages: no connection
         or read transaction is held between pages."""
@@ -1039,4 +1071,5 @@ class History:
 
 
 # The evidence chain's tables share this metadata; imported last (it imports this module).
+from reversib import leases as _leases  # noqa: E402  (run_shards: several replicas, docs/scale.md)
 from reversib.evidence import chain as _chain  # noqa: E402

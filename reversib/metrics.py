@@ -1,7 +1,7 @@
 """Prometheus metrics rendered from the history database at scrape time.
 
 The history is the single source of truth: each scrape reads the stored results of the configured
-checks (`History.check_summaries`, four queries whatever the number of checks), so a `verify-now`
+checks (`History.check_summaries`, a few queries whatever the number of checks), so a `verify-now`
 run from another process shows up too, and nothing is read from the providers on a scrape.
 
 Series carry the label `check` (the check id) plus the check's configured `labels`: never a file
@@ -38,6 +38,8 @@ class DaemonStatus:
     scheduler_up: bool
     config_reload_successful: bool
     config_reload_success_at: float
+    shard_events: dict[str, int] | None = None  # replicas (docs/scale.md): what this process did with shards
+    shards_running: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,15 @@ class HistoryCollector(Collector):
                 fam = _Family(name, doc, "gauge")
                 fam.add({}, value)
                 yield fam
+            if s.shard_events is not None:  # several replicas on one history (docs/scale.md)
+                events = _Family("reversib_daemon_shard_events", "shards of runs this daemon completed, took over "
+                                 "from a replica whose lease passed, merged, lost to another replica, or released "
+                                 "at shutdown", "counter")
+                for event, count in sorted(s.shard_events.items()):
+                    events.add({"event": event}, count)
+                running = _Family("reversib_daemon_shards_running", "shards this daemon is verifying now", "gauge")
+                running.add({}, s.shards_running)
+                yield from (events, running)
         checks = list(self.checks())
         configured = _Family("reversib_checks_configured", "number of configured checks", "gauge")
         configured.add({}, len(checks))
@@ -219,6 +230,13 @@ class HistoryCollector(Collector):
                               "gauge"),
             "interval": _Family("reversib_check_expected_interval_seconds",
                                 "the time between two scheduled runs of the check", "gauge"),
+            "downloaded": _Family("reversib_check_last_run_downloaded_bytes",
+                                  "bytes read from the source by the newest completed run (egress)", "gauge"),
+            "coverage": _Family("reversib_check_coverage_ratio", "share of the export's bytes whose content was "
+                                "verified within the coverage period, at the newest completed run", "gauge"),
+            "period": _Family("reversib_check_coverage_period_seconds", "the check's coverage.period", "gauge"),
+            "not_sampled": _Family("reversib_check_last_run_not_sampled_files", "entries of the newest completed "
+                                   "run whose content was not verified in that run (rolling coverage)", "gauge"),
         }
         for c in checks:
             labels, text = c.labels, c.label_text
@@ -244,6 +262,12 @@ class HistoryCollector(Collector):
             f["files"].add(labels, run.files_verified, text)
             if run.newest_mtime is not None:
                 f["newest"].add(labels, _ts(run.newest_mtime), text)
+            if run.bytes_downloaded is not None:
+                f["downloaded"].add(labels, run.bytes_downloaded, text)
+            if run.coverage is not None:  # docs/coverage.md
+                f["coverage"].add(labels, float(run.coverage.get("ratio", 0.0)), text)
+                f["period"].add(labels, float(run.coverage.get("period_seconds", 0.0)), text)
+                f["not_sampled"].add(labels, int(run.coverage.get("not_sampled_files", 0)), text)
         yield from f.values()
 
 

@@ -130,6 +130,10 @@ class FindingKind(str, enum.Enum):
     ASSERTION_FAILED = "assertion_failed"
     RESTORE_FAILED = "restore_failed"
     RESTORED = "restored"
+    DECRYPT_FAILED = "decrypt_failed"
+    CIPHERTEXT_CORRUPT = "ciphertext_corrupt"
+    ARCHIVE_CORRUPT = "archive_corrupt"
+    ARCHIVE_LIMIT = "archive_limit"
 
     @property
     def info(self) -> KindInfo:
@@ -148,7 +152,9 @@ KIND_INFO: dict[FindingKind, KindInfo] = {
         Severity.ERROR,
         "absolute path, '..', NUL or control character, or a symlink leaving the export: never read",
     ),
-    FindingKind.DUPLICATE_ENTRY: KindInfo(Severity.ERROR, "the manifest lists the same path more than once"),
+    FindingKind.DUPLICATE_ENTRY: KindInfo(
+        Severity.ERROR, "the manifest lists the same path more than once, or an archive holds two members of one name"
+    ),
     FindingKind.NAME_NORMALIZATION: KindInfo(
         Severity.ERROR, "a name matches the manifest only after Unicode normalization or case folding"
     ),
@@ -201,6 +207,19 @@ KIND_INFO: dict[FindingKind, KindInfo] = {
     FindingKind.ASSERTION_FAILED: KindInfo(Severity.ERROR, "an SQL assertion on the restored data is not true"),
     FindingKind.RESTORE_FAILED: KindInfo(Severity.ERROR, "restoring the dump into a scratch database failed"),
     FindingKind.RESTORED: KindInfo(Severity.INFO, "the dump was restored and checked (duration and volume)"),
+    FindingKind.DECRYPT_FAILED: KindInfo(
+        Severity.ERROR, "an encrypted archive does not open with the customer's key (encrypted to another key)"
+    ),
+    FindingKind.CIPHERTEXT_CORRUPT: KindInfo(
+        Severity.ERROR, "an encrypted archive fails its integrity check (altered, truncated or damaged ciphertext)"
+    ),
+    FindingKind.ARCHIVE_CORRUPT: KindInfo(
+        Severity.ERROR, "an archive member or its compressed stream cannot be read to the end"
+    ),
+    FindingKind.ARCHIVE_LIMIT: KindInfo(
+        Severity.ERROR, "an archive exceeds archive.limits (expansion ratio, total size, members, overlapping "
+        "zip members): a decompression bomb is not read further"
+    ),
 }
 
 
@@ -286,6 +305,8 @@ class RunResult:
     labels: dict[str, str] = field(default_factory=dict)
     restore_seconds: float | None = None  # database dumps restored in this run: total wall time
     restore_bytes: int | None = None  # and the dump bytes fed to the restore tools
+    bytes_downloaded: int | None = None  # every byte read from the source (egress), docs/coverage.md
+    coverage: dict[str, Any] | None = None  # rolling coverage figures (checks with `coverage:`)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -329,6 +350,8 @@ class RunResult:
             "duration_seconds": round(self.duration_seconds, 6),
             "restore_seconds": None if self.restore_seconds is None else round(self.restore_seconds, 6),
             "restore_bytes": self.restore_bytes,
+            "bytes_downloaded": self.bytes_downloaded,
+            "coverage": self.coverage,
             "findings": [f.to_dict() for f in self.findings],
         }
 

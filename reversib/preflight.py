@@ -20,6 +20,14 @@ def connect_one(check: CheckConfig) -> str | None:
                 return None
             next(iter(root.iter_entries()), None)
             m = check.manifest
+            if check.archive is not None:
+                from reversib.archives.check import preflight
+
+                problem = preflight(check.archive, root, check.tz)
+                if problem is not None:
+                    return f"{check.check_id}: {problem}"
+                if m.path is None and m.location is None:
+                    return None  # the manifest is inside the archive: read only by a run
             if m.path is not None:
                 load_manifest(root, m.path, m.format)
             elif m.location is not None:

@@ -8,9 +8,11 @@ whatever happens: a crash leaves a `running` row that `History.reap_dead_runs` l
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,8 +49,10 @@ def _iso(ts: float) -> str:
 
 def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigger.CLI,
               scheduled_for: float | None = None, clock: Callable[[], float] = time.time,
-              cancel: CancelToken | None = None, progress: ProgressHook | None = None) -> RunResult:
-    """Run `check` once, record it in `history`, return the result."""
+              cancel: CancelToken | None = None, progress: ProgressHook | None = None,
+              rng: random.Random | None = None) -> RunResult:
+    """Run `check` once, record it in `history`, return the result.  `rng` draws the random part of rolling
+    coverage and the challenge reads (default: the system's unpredictable source)."""
     cancel = cancel or CancelToken()
     manifest_place = check.manifest.path or check.manifest.location
     run_id = history.start_run(check_id=check.check_id, check_name=check.name, trigger=trigger.value,
@@ -58,11 +62,33 @@ def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigge
     result = RunResult(check_id=check.check_id, check_name=check.name, run_id=run_id, outcome=Outcome.ERROR,
                        started_at=started, source=check.source.url, manifest=manifest_place,
                        labels=dict(check.labels))
+    report, deferred, interrupt = attempt(check, result, clock, cancel, progress, history, rng=rng)
+    result.findings.sort(key=Finding.sort_key)
+    if result.state is RunState.INTERRUPTED:
+        result.outcome = Outcome.ERROR
+    else:
+        result.outcome = decide_outcome(result.findings, error=result.error, deferred=deferred)
+    result.finished_at = clock()
+    result.duration_seconds = max(0.0, result.finished_at - started)
+    history.finish_run(result, entry_records(report))
+    log.info("run finished", extra={"event": "run", "check": check.check_id, "run_id": run_id,
+                                    "outcome": result.outcome.value, "counts": result.counts,
+                                    "duration_seconds": round(result.duration_seconds, 3)})
+    if isinstance(interrupt, KeyboardInterrupt):
+        raise interrupt
+    return result
+
+
+def attempt(check: CheckConfig, result: RunResult, clock: Callable[[], float], cancel: CancelToken,
+            progress: ProgressHook | None, history: History | None, *, rng: random.Random | None = None,
+            shard: tuple[int, int] | None = None) -> tuple[VerifyReport | None, bool, BaseException | None]:
+    """Do the work of a run (or of one shard of it, docs/scale.md) into `result`: (the verification report,
+    whether the run is deferred, the interruption to re-raise).  Every failure ends as data in `result`."""
     report: VerifyReport | None = None
     deferred = False
     interrupt: BaseException | None = None
     try:
-        report = _execute(check, result, clock, cancel, progress, history)
+        report = _execute(check, result, clock, cancel, progress, history, rng=rng, shard=shard)
     except _Deferred as exc:
         deferred = True
         result.error = None
@@ -82,38 +108,28 @@ def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigge
     finally:
         if progress is not None:
             progress.close()
-    result.findings.sort(key=Finding.sort_key)
-    if result.state is RunState.INTERRUPTED:
-        result.outcome = Outcome.ERROR
-    else:
-        result.outcome = decide_outcome(result.findings, error=result.error, deferred=deferred)
-    result.finished_at = clock()
-    result.duration_seconds = max(0.0, result.finished_at - started)
-    history.finish_run(result, _entry_records(report))
-    log.info("run finished", extra={"event": "run", "check": check.check_id, "run_id": run_id,
-                                    "outcome": result.outcome.value, "counts": result.counts,
-                                    "duration_seconds": round(result.duration_seconds, 3)})
-    if isinstance(interrupt, KeyboardInterrupt):
-        raise interrupt
-    return result
+    return report, deferred, interrupt
 
 
-def _entry_records(report: VerifyReport | None) -> Iterator[EntryRecord]:
+def entry_records(report: VerifyReport | None) -> Iterator[EntryRecord]:
     """Entry states for the history, made one at a time (never a second copy of a large export)."""
     if report is None:
         return
+    from reversib.challenge import encode
     from reversib.history import EntryRecord
 
     for v in report.verified:
-        yield EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at)
+        yield EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at, encode(v))
 
 
 def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], cancel: CancelToken,
-             progress: ProgressHook | None, history: History | None = None) -> VerifyReport | None:
+             progress: ProgressHook | None, history: History | None = None, *,
+             rng: random.Random | None = None, shard: tuple[int, int] | None = None) -> VerifyReport | None:
     now = clock()
     limiter = RateLimiter(check.source.rate_limit)
     root = open_source(check.source.url, check.source, cancel=cancel, limiter=limiter)
     export: Source = root
+    report: VerifyReport | None = None
     try:
         past_deadline = False
         if check.generation is not None:
@@ -144,6 +160,8 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
                 result.findings.append(Finding(FindingKind.INCOMPLETE_DELIVERY, None,
                                                expected="an export that no longer changes",
                                                actual=f"{changed}, after the deadline"))
+        if check.archive is not None:  # the export is an archive file: docs/archives.md
+            return _execute_archive(check, export, result, history, cancel, progress, clock, now, deferrable, own)
         manifest = _load_manifest(check, export, result, deferrable)
         if manifest is None:
             return None
@@ -164,20 +182,55 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
                                 allow_unexpected=check.allow_unexpected, own_paths=frozenset(own),
                                 previous=previous_composites(history.entry_states(check.check_id))
                                 if history is not None and fx.accept else {})
+        plan = None
+        if check.coverage is not None or check.challenge is not None or check.source.max_connections or shard:
+            rng = rng or random.SystemRandom()
+            plan, options = _scale_options(check, manifest, options, history, now, rng, shard)
         report = verify(export, manifest, options, clock=clock,
                         progress=progress.advance if progress is not None else None)
+        if check.challenge is not None and history is not None:  # docs/coverage.md
+            from reversib.challenge import challenge
+
+            challenge(export, manifest, report, check.challenge,
+                      lambda paths: history.block_digests(check.check_id, paths), rng or random.SystemRandom())
+        if plan is not None:
+            from reversib.coverage import measure
+
+            result.coverage = measure(plan, report.verified, clock(), not_sampled_files=report.not_sampled_files,
+                                      not_sampled_bytes=report.not_sampled_bytes)
         result.findings.extend(report.findings)
         for name in ("tiers", "bytes_verified", "files_verified", "files_listed", "bytes_listed", "newest_mtime"):
             setattr(result, name, getattr(report, name))
         result.findings.extend(_expectations(check, manifest, report, now))
-        if check.dumps:  # database dumps of this export (docs/dumps.md): after verification
+        if check.dumps and (shard is None or shard[0] == 0):  # dumps (docs/dumps.md): shard 0 of a sharded run
             from reversib.dumps import check_dumps
 
-            check_dumps(check, export, report, result, history, cancel, now)
+            check_dumps(check, export, report, result, history, cancel, now, manifest.expect.get("dumps"))
         return report
     finally:
+        result.bytes_downloaded = limiter.consumed + (report.helper_bytes if report is not None else 0)
         export.close()
         root.close()
+
+
+def _scale_options(check: CheckConfig, manifest: Manifest, options: VerifyOptions, history: History | None,
+                   now: float, rng: random.Random, shard: tuple[int, int] | None) -> tuple[Any, VerifyOptions]:
+    """Rolling coverage, challenge recording, the connection cap of a check (docs/coverage.md), and the
+    partition of one shard (docs/scale.md)."""
+    plan = None
+    if check.coverage is not None:
+        from reversib.coverage import plan as coverage_plan
+
+        states = history.entry_states(check.check_id) if history is not None else iter(())
+        plan = coverage_plan(manifest.entries, states, check.coverage, now, rng)
+    sample: Any = plan
+    if shard is not None:
+        from reversib.shards import Partition
+
+        sample = Partition(*shard, manifest.entries)  # balanced by bytes, the same in every shard
+    return plan, dataclasses.replace(
+        options, sample=sample, block_size=check.challenge.block_size if check.challenge is not None else None,
+        max_connections=check.source.max_connections)
 
 
 def _listing_state(export: Source) -> tuple[str, int, int]:
@@ -203,6 +256,70 @@ def _changes_within(export: Source, seconds: float, cancel: CancelToken) -> str 
         return None
     return (f"the export changed within completion.stable_for ({seconds:g}s): {before[1]} entries of "
             f"{before[2]} bytes, then {after[1]} entries of {after[2]} bytes")
+
+
+def _execute_archive(check: CheckConfig, export: Source, result: RunResult, history: History | None,
+                     cancel: CancelToken, progress: ProgressHook | None, clock: Callable[[], float], now: float,
+                     deferrable: bool, own: set[str]) -> VerifyReport | None:
+    """A check whose export is one archive file: its members against the manifest inside it, and the file
+    itself against the export's manifest when the check names one -- in one read (docs/archives.md)."""
+    from reversib.archives.check import describe_layers, locate, newest_dated, overdue, verify_archive
+
+    arc = check.archive
+    assert arc is not None
+    name = locate(export, arc.path, check.tz, now)
+    deadline = check.expect.deadline_time
+    if "%" in arc.path and deadline is not None:  # a dated archive due by the deadline (like a generation)
+        found = newest_dated(export, arc.path, check.tz, now) if name is not None else None
+        late = overdue(arc.path, found[1] if found is not None else None, check.tz, now, deadline)
+        if late is not None:
+            result.findings.append(late)
+            if name is None:
+                return None
+    if name is None:
+        if deferrable:
+            raise _Deferred(f"archive {arc.path!r} not there yet")
+        result.findings.append(Finding(FindingKind.MISSING, arc.path, expected="the archive file",
+                                       actual=f"no file matching {arc.path!r} in {export.describe()}"))
+        return None
+    outer: Manifest | None = None
+    if check.manifest.path is not None or check.manifest.location is not None:
+        outer = _load_manifest(check, export, result, deferrable)
+        if outer is None:
+            return None
+    fx = check.fixity
+    options = VerifyOptions(fixity=fx.enabled, algorithms=fx.algorithms, parallelism=fx.parallelism,
+                            require_tier=fx.require_tier, accept=frozenset(fx.accept), ignore=tuple(check.ignore),
+                            allow_unexpected=check.allow_unexpected, own_paths=frozenset(own))
+    if progress is not None:
+        entry = export.stat(name)
+        progress.start(check.name, None, 0 if entry is None else 1)
+    verdict = verify_archive(arc, export, name, outer, options, clock=clock,
+                             progress=progress.advance if progress is not None else None)
+    report = verdict.report
+    log.info("archive read", extra={"event": "archive", "check": check.check_id, "archive": name,
+                                    "reads": verdict.reads, **describe_layers(verdict.archive)})
+    result.findings.extend(report.findings)
+    inner = verdict.manifest
+    if inner is not None:
+        result.manifest = f"{name}!/{inner.location}" if inner.location else f"{name}!/"
+        result.manifest_digest = inner.digest
+        result.manifest_entries = len(inner.entries) + (len(outer.entries) if outer is not None else 0)
+    elif outer is not None:
+        result.manifest_digest = outer.digest
+        result.manifest_entries = len(outer.entries)
+    for attr in ("tiers", "bytes_verified", "files_verified", "files_listed", "bytes_listed", "newest_mtime"):
+        setattr(result, attr, getattr(report, attr))
+    if inner is not None or outer is not None:
+        result.findings.extend(_expectations(check, inner or outer, report, now))  # type: ignore[arg-type]
+    if check.dumps and inner is not None:  # dumps inside the archive, streamed from it (docs/dumps.md)
+        from reversib.dumps import check_dumps
+
+        first = len(result.findings)
+        check_dumps(check, verdict.archive, report, result, history, cancel, now, inner.expect.get("dumps"))
+        result.findings[first:] = [dataclasses.replace(f, path=f"{name}!/{f.path}") if f.path else f
+                                   for f in result.findings[first:]]
+    return report
 
 
 def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferrable: bool) -> Manifest | None:

@@ -282,6 +282,40 @@ def test_queries_latest_runs_history_and_last_success(history: History, clock: F
     assert history.get_run("0" * 32) is None
 
 
+def test_check_summaries_follow_new_runs_across_calls_and_processes(history: History, url: str,
+                                                                     clock: FakeClock) -> None:
+    """check_summaries keeps the rows it read (completed runs never change): each call must still show
+    the newest completed run, whoever completed it, and forget one that was deleted (pruned)."""
+    def finish(h: History, check: str, outcome: Outcome) -> str:
+        clock.advance(60)
+        run_id = h.start_run(check_id=check, check_name=check, trigger="cli")
+        h.finish_run(result_for(run_id, outcome=outcome, check_id=check, findings=[], finished_at=clock()))
+        return run_id
+
+    first = finish(history, "a", Outcome.PASSED)
+    s = history.check_summaries(["a", "never"])
+    latest = s["a"].latest
+    assert latest is not None and latest == history.get_run(first)
+    assert s["a"].last_success_at == to_datetime(clock()) and s["a"].outcomes == {"passed": 1}
+    assert s["never"].latest is None and s["never"].runs_total == 0
+
+    second = finish(history, "a", Outcome.FAILED)
+    clock.advance(60)
+    history.start_run(check_id="a", check_name="a", trigger="api")  # running: not the newest completed run
+    s = history.check_summaries(["a"])
+    assert s["a"].latest == history.get_run(second) and s["a"].running == 1
+    assert s["a"].outcomes == {"passed": 1, "failed": 1}
+
+    with History.open(url, clock=clock, host="other-host", pid=1) as other:  # another process (a CLI run)
+        third = finish(other, "a", Outcome.ERROR)
+    latest = history.check_summaries(["a"])["a"].latest
+    assert latest is not None and latest.id == third and latest.outcome == "error"
+
+    with history.engine.begin() as conn:  # as pruning deletes runs
+        conn.execute(history_module.runs_t.delete().where(history_module.runs_t.c.id == third))
+    assert history.check_summaries(["a"])["a"].latest == history.get_run(second)
+
+
 def test_entry_state_upsert_replaces(history: History, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(history_module, "BATCH_SIZE", 3)  # exercise batching and paging
     first = history.start_run(check_id="c", check_name="c", trigger="cli")

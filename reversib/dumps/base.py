@@ -66,6 +66,16 @@ class Structure:
     notes: list[Finding] = field(default_factory=list)
 
 
+def missing_tables(tables: set[str], wanted: list[str]) -> list[str]:
+    """The `wanted` tables absent from `tables` ("schema.table" or "table"; a bare name matches any schema)."""
+    def has(w: str) -> bool:
+        if w in tables:
+            return True
+        return "." not in w and any(t.rsplit(".", 1)[-1] == w for t in tables)
+
+    return [w for w in wanted if not has(w)]
+
+
 def find_tool(name: str, *alternatives: str) -> str:
     for n in (name, *alternatives):
         found = shutil.which(n)

@@ -56,8 +56,9 @@ def _gunzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
                           "the gzip stream ends before its end marker")
 
 
-def _unzstd(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    proc = subprocess.Popen([find_tool("zstd"), "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+def _through_tool(chunks: Iterator[bytes], tool: str) -> Iterator[bytes]:
+    """Decode with the `zstd` or `lz4` command-line tool (`-d -c -q`), streamed both ways."""
+    proc = subprocess.Popen([find_tool(tool), "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=clean_env({}))
     errors: list[BaseException] = []
     err = bytearray()
@@ -98,19 +99,24 @@ def _unzstd(chunks: Iterator[bytes]) -> Iterator[bytes]:
         raise errors[0]
     if proc.returncode != 0:
         msg = " ".join(err.decode("utf-8", "replace").split())[:300] or f"exit status {proc.returncode}"
-        if "truncated" in msg.lower() or "premature end" in msg.lower() or "unexpected end" in msg.lower():
-            raise DumpProblem(FindingKind.DUMP_TRUNCATED, "a complete zstd stream", f"zstd: {msg}")
-        raise DumpProblem(FindingKind.DUMP_UNREADABLE, "a valid zstd stream", f"zstd: {msg}")
+        low = msg.lower()
+        if "truncated" in low or "premature end" in low or "unexpected end" in low or "read error" in low:
+            raise DumpProblem(FindingKind.DUMP_TRUNCATED, f"a complete {tool} stream", f"{tool}: {msg}")
+        raise DumpProblem(FindingKind.DUMP_UNREADABLE, f"a valid {tool} stream", f"{tool}: {msg}")
+
+
+def decode(chunks: Iterator[bytes], compression: str) -> Iterator[bytes]:
+    """`chunks` decoded (`gzip`, `zstd`, `lz4` or `none`), to the end of the stream."""
+    if compression == "gzip":
+        return _gunzip(chunks)
+    if compression in ("zstd", "lz4"):
+        return _through_tool(chunks, compression)
+    return chunks
 
 
 def decoded(source: Source, path: str, compression: str) -> Iterator[bytes]:
     """The dump's bytes after its outer compression (`gzip`, `zstd` or `none`)."""
-    chunks = raw_chunks(source, path)
-    if compression == "gzip":
-        return _gunzip(chunks)
-    if compression == "zstd":
-        return _unzstd(chunks)
-    return chunks
+    return decode(raw_chunks(source, path), compression)
 
 
 def head_of(source: Source, path: str, n: int = 512) -> bytes:
@@ -121,7 +127,8 @@ def head_of(source: Source, path: str, n: int = 512) -> bytes:
 def sniff_format(head: bytes) -> str | None:
     """The dump kind from its first (decoded) bytes, None when unknown."""
     if head.startswith(b"PGDMP"):
-        return "postgres-custom"
+        # byte 10 is the archive format: 1 for a custom archive; a toc.dat (tar, directory) says 3
+        return "postgres-custom" if len(head) > 10 and head[10] == 1 else "postgres-directory"
     if head.startswith(b"SQLite format 3\x00"):
         return "sqlite"
     if len(head) >= 262 and head[257:262] == b"ustar":

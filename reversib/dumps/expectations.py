@@ -6,12 +6,14 @@ same for PostgreSQL, MySQL/MariaDB and SQLite.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from reversib.dumps import safety
-from reversib.model import Finding, FindingKind
+from reversib.model import Finding, FindingKind, canonical_json
 
 ROW_RE = re.compile(r"^\s*(>=)?\s*(\d+)\s*$")
 
@@ -33,9 +35,18 @@ def parse_count(want: int | str) -> tuple[bool, int]:
     return bool(m.group(1)), int(m.group(2))
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What `check_expectations` did: a summary suffix for the `restored` finding, and the rows counted
+    (None when no row count was asked for)."""
+
+    summary: str
+    rows: int | None
+
+
 def check_expectations(dump: Any, path: str, findings: list[Finding], *, count_rows: Callable[[str], int],
-                       assertion: Callable[[str], tuple[bool, str]], dialect: str | None) -> str:
-    """Check `dump.row_counts` and `dump.assertions`; append findings; return a summary suffix.
+                       assertion: Callable[[str], tuple[bool, str]], dialect: str | None) -> Checked:
+    """Check `dump.row_counts` and `dump.assertions`; append findings; return what was checked.
 
     `count_rows(table)` returns the table's row count; `assertion(sql)` returns (held, what it returned).
     Both raise QueryError.  With a `dialect`, an assertion the safety scanner refuses is never run."""
@@ -74,7 +85,7 @@ def check_expectations(dump: Any, path: str, findings: list[Finding], *, count_r
         parts.append(f"{len(dump.row_counts)} row counts, {rows_total} rows")
     if dump.assertions:
         parts.append(f"{len(dump.assertions)} assertions")
-    return ("; " + ", ".join(parts)) if parts else ""
+    return Checked(("; " + ", ".join(parts)) if parts else "", rows_total if dump.row_counts else None)
 
 
 def shown_rows(rows: list[str]) -> str:
@@ -87,7 +98,33 @@ def restore_timed_out(path: str, limit: float, seconds: float) -> Finding:
                    actual=f"stopped after {seconds:.1f}s")
 
 
-def restored(path: str, seconds: float, nbytes: int, checked: str) -> Finding:
-    """The info finding that records a restore (and that `restore.every` looks up later)."""
+RESTORE_DETAIL_VERSION = 1
+
+
+def restored(path: str, seconds: float, nbytes: int, checked: Checked, fmt: str) -> Finding:
+    """The info finding that records a restore (and that `restore.every` looks up later).
+
+    Its `detail` is machine-readable (stored in the history's findings table, read by the evidence
+    indicators for the restore-duration trend): canonical JSON
+    `{"format": ..., "restore_bytes": int, "restore_seconds": float, "rows": int|null, "v": 1}`."""
+    detail = canonical_json({"v": RESTORE_DETAIL_VERSION, "restore_seconds": seconds, "restore_bytes": nbytes,
+                             "format": fmt, "rows": checked.rows})
     return Finding(FindingKind.RESTORED, path, expected=None,
-                   actual=f"restored in {seconds:.2f}s ({nbytes} bytes){checked}")
+                   actual=f"restored in {seconds:.2f}s ({nbytes} bytes){checked.summary}", detail=detail)
+
+
+def restore_detail(detail: str | None) -> dict[str, Any] | None:
+    """The parsed `detail` of a `restored` finding (see `restored`), or None when it has none (a
+    finding recorded before reversib wrote it) or is not of a known version."""
+    if not detail:
+        return None
+    try:
+        data = json.loads(detail)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("v") != RESTORE_DETAIL_VERSION:
+        return None
+    seconds = data.get("restore_seconds")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return None
+    return data

@@ -21,6 +21,7 @@ from reversib.dumps import safety
 from reversib.dumps.base import Structure, clean_env, find_tool, private_dir, run_tool, unverifiable
 from reversib.dumps.detect import decoded
 from reversib.dumps.expectations import (
+    Checked,
     QueryError,
     check_expectations,
     restore_timed_out,
@@ -136,7 +137,7 @@ def restore(source: Source, path: str, compression: str, dump: DumpConfig, targe
                                             actual=msg[:1000]))
                 return out
             checked = _expectations(client, dump, cfg, name, path, version, out.findings)
-            out.findings.append(restored(path, out.seconds, out.bytes, checked))
+            out.findings.append(restored(path, out.seconds, out.bytes, checked, "mysql"))
             return out
         finally:
             client.cancel = CancelToken()  # the cleanup is never cancelled
@@ -154,7 +155,7 @@ def _drop(client: _Client, name: str) -> bool:
 
 
 def _expectations(client: _Client, dump: DumpConfig, cfg: DumpRestoreConfig, name: str, path: str, version: str,
-                  findings: list[Finding]) -> str:
+                  findings: list[Finding]) -> Checked:
     seconds = max(1, int(cfg.statement_timeout))
     limit = (f"SET SESSION max_statement_time = {seconds};" if "MariaDB" in version
              else f"SET SESSION max_execution_time = {seconds * 1000};")

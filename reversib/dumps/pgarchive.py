@@ -37,6 +37,7 @@ class TocEntry:
 @dataclass
 class Archive:
     version: tuple[int, int, int]
+    compression: str = "none"  # of the data: none, gzip, lz4 or zstd (the suffix of a directory dump's files)
     toc: list[TocEntry] = field(default_factory=list)
     toc_bytes: bytes = b""  # header + table of contents, as read (enough for `pg_restore --list`)
     blocks: dict[int, int] = field(default_factory=dict)  # dump id -> payload bytes
@@ -99,9 +100,13 @@ class _Reader:
         return self.bytes(n).decode("utf-8", "replace")
 
 
-def read_archive(read: Callable[[int], bytes], fmt_wanted: int = 1) -> Archive:
-    """Walk a custom archive (`fmt_wanted` 1), or the `toc.dat` of a tar archive (3), from `read(n)` (a
-    stream's read); raise DumpProblem on a bad or cut archive."""
+COMPRESSION_ALGORITHMS = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}
+
+
+def read_archive(read: Callable[[int], bytes], fmt_wanted: int = 1, *, data: bool = True) -> Archive:
+    """Walk a custom archive (`fmt_wanted` 1), or the `toc.dat` of a tar or directory archive (3),
+    from `read(n)` (a stream's read); raise DumpProblem on a bad or cut archive.  With `data` False, a
+    custom archive is read up to the end of its table of contents only."""
     r = _Reader(read)
     where = "the header"
     try:
@@ -121,15 +126,19 @@ def read_archive(read: Callable[[int], bytes], fmt_wanted: int = 1) -> Archive:
         if fmt != fmt_wanted:
             raise DumpProblem(FindingKind.DUMP_UNREADABLE, f"archive format {fmt_wanted}", f"archive format {fmt}")
         if version >= (1, 15, 0):
-            r.byte()  # compression algorithm
+            algorithm = r.byte()
+            compression = COMPRESSION_ALGORITHMS.get(algorithm)
+            if compression is None:
+                raise DumpProblem(FindingKind.DUMP_UNREADABLE, "a known compression algorithm",
+                                  f"compression algorithm {algorithm}")
         else:
-            r.int()  # compression level
+            compression = "none" if r.int() == 0 else "gzip"  # the zlib level (-1: the default)
         for _ in range(7):
             r.int()  # creation time
         r.str()  # database name
         r.str()  # server version
         r.str()  # pg_dump version
-        arch = Archive(version)
+        arch = Archive(version, compression)
         count = r.int()
         if count < 0 or count > 10_000_000:
             raise DumpProblem(FindingKind.DUMP_UNREADABLE, "a table of contents", f"{count} entries")
@@ -165,7 +174,7 @@ def read_archive(read: Callable[[int], bytes], fmt_wanted: int = 1) -> Archive:
         assert r.keep is not None
         arch.toc_bytes = bytes(r.keep)
         r.keep = None
-        if fmt != 1:
+        if fmt != 1 or not data:
             return arch
         where = "the data blocks"
         wanted = {e.dump_id: e for e in arch.data_entries}

@@ -6,31 +6,35 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import shutil
 import tarfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reversib.config import DumpConfig, DumpRestoreConfig
-from reversib.dumps import safety
-from reversib.dumps.base import DumpProblem, Structure, find_tool, run_tool, unverifiable
+from reversib.dumps import pgdirectory, safety
+from reversib.dumps.base import DumpProblem, Structure, find_tool, missing_tables, private_dir, run_tool, unverifiable
 from reversib.dumps.detect import decoded
 from reversib.dumps.expectations import (
+    Checked,
     QueryError,
     check_expectations,
     restore_timed_out,
     restored,
     shown_rows,
 )
-from reversib.dumps.pgarchive import read_archive
+from reversib.dumps.pgarchive import Archive, read_archive
 from reversib.dumps.scratch import (
     PgServer,
     PsqlError,
     Target,
     host_is_local,
-    pg_create,
     pg_drop,
     pg_ident,
     pg_preflight,
@@ -45,15 +49,19 @@ if TYPE_CHECKING:
     from reversib.history import History
 
 
-def structural(source: Source, path: str, kind: str, compression: str, cancel: CancelToken) -> Structure:
+def structural(source: Source, path: str, kind: str, compression: str, cancel: CancelToken,
+               files: set[str]) -> Structure:
+    """The structural level of a PostgreSQL dump (`files`: every file path of the export, for a
+    directory dump's data files)."""
     if kind == "postgres-custom":
-        return _custom(source, path, compression, cancel)
+        return _custom(decoded(source, path, compression), cancel)
     if kind == "postgres-plain":
         return plain_structure(source, path, compression, "postgres")
     if kind == "postgres-tar":
         return _tar(source, path, compression, cancel)
-    raise unverifiable(f"the {kind} format is not supported yet (custom, tar and plain are)",
-                       "a supported dump format")
+    if kind == "postgres-directory":
+        return pgdirectory.structural(source, path, files, cancel)
+    raise unverifiable(f"the {kind} format is not supported", "a supported dump format")
 
 
 class _ChunkReader(io.RawIOBase):
@@ -112,8 +120,8 @@ def _tar(source: Source, path: str, compression: str, cancel: CancelToken) -> St
     return Structure("postgres-tar", arch.tables, len(arch.data_entries), sum(members.values()))
 
 
-def _custom(source: Source, path: str, compression: str, cancel: CancelToken) -> Structure:
-    stream = decoded(source, path, compression)
+def _custom(stream: Iterator[bytes], cancel: CancelToken) -> Structure:
+    """Walk a custom archive's chunks to the end, then `pg_restore --list` on its table of contents."""
     buf = bytearray()
 
     def read(n: int) -> bytes:
@@ -184,35 +192,203 @@ class _Counted:
             yield c
 
 
-def restore(source: Source, path: str, kind: str, compression: str, dump: DumpConfig, target: Target,
-            structure: Structure, run_id: str, history: History, cancel: CancelToken) -> RestoreReport:
-    cfg = dump.restore
-    assert cfg is not None
-    server = pg_preflight(target, cancel)
-    pg_remove_dead(target, history, server.scratch)
-    _space_check(target, server, structure)
-    name = scratch_name(run_id)
-    out = RestoreReport()
-    pg_create(target, name, cancel)
-    try:
+class _Linked(CancelToken):
+    """Cancelled with the run's token, or on its own (the structural check running alongside failed)."""
+
+    def __init__(self, parent: CancelToken):
+        super().__init__()
+        self.parent = parent
+
+    @property
+    def cancelled(self) -> bool:
+        return super().cancelled or self.parent.cancelled
+
+    def check(self) -> None:
+        self.parent.check()
+        super().check()
+
+
+class _Tee:
+    """The chunks the structural walk reads, handed on (a bounded queue) to the restore tool's stdin:
+    the dump is read once for both levels.  When the tool stops reading, the walk goes on alone."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._q: queue.Queue[bytes] = queue.Queue(maxsize=16)
+        self._gone = threading.Event()
+        self.n = 0
+
+    def _put(self, chunk: bytes) -> None:
+        while not self._gone.is_set():
+            try:
+                self._q.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def walked(self) -> Iterator[bytes]:
+        """The source's chunks for the walk (each also queued for the tool; the end, even on error)."""
+        try:
+            for chunk in self._chunks:
+                self._put(chunk)
+                yield chunk
+        finally:
+            self._put(b"")
+
+    def consumer(self) -> Iterator[bytes]:
+        try:
+            while not self._gone.is_set() and (chunk := self._q.get()):
+                self.n += len(chunk)
+                yield chunk
+        finally:
+            self._gone.set()
+
+    def close(self) -> None:
+        """The restore is over (or never started): the walk stops handing chunks on."""
+        self._gone.set()
+
+
+def check_and_restore(source: Source, path: str, kind: str, compression: str, dump: DumpConfig, target: Target,
+                      run_id: str, history: History, cancel: CancelToken,
+                      files: set[str]) -> tuple[Structure, RestoreReport | None]:
+    """Both levels of a PostgreSQL dump whose restore is due.  The restore starts once the table of
+    contents is known (expected tables present); for a custom or directory dump the rest of the
+    structural check runs alongside it, reading the same bytes once where the dump is streamed.  A
+    structural problem raises DumpProblem: the restore, if started, is stopped and its scratch
+    database dropped, and only the structural finding is reported (as when run one after the other).
+    Returns the structure and the restore report (None: not restored, an expected table is absent)."""
+    expected = dump.expect_tables
+    if kind in ("postgres-plain", "postgres-tar"):  # plain: scanned to the end before anything runs
+        structure = structural(source, path, kind, compression, cancel, files)
+        if missing_tables(structure.tables, expected):
+            return structure, None
         if kind == "postgres-plain":
             feed = _Counted(safety.filter_lines(safety.lines_of(decoded(source, path, compression)), "postgres"))
+            return structure, _restore(path, kind, dump, target, run_id, history, cancel, structure.decoded_bytes,
+                                       stdin=feed, counted=lambda: feed.n)
+        feed = _Counted(decoded(source, path, compression))
+        return structure, _restore(path, kind, dump, target, run_id, history, cancel, structure.decoded_bytes,
+                                   stdin=feed, counted=lambda: feed.n)
+    root = source.process_root()
+    if kind == "postgres-directory":
+        arch = pgdirectory.read_toc(source, path)
+        if missing_tables(arch.tables, expected):
+            return pgdirectory.structural(source, path, files, cancel, arch), None
+        if root is None:  # S3, SFTP: copied into a private folder by the structural pass, restored from there
+            with private_dir() as copy:
+                structure = pgdirectory.structural(source, path, files, cancel, arch, copy_to=copy)
+                return structure, _restore(path, kind, dump, target, run_id, history, cancel,
+                                           structure.decoded_bytes, file=str(copy), counted=lambda: _du(copy))
+        folder = os.path.join(root, path)
+        return _alongside(lambda: pgdirectory.structural(source, path, files, cancel, arch),
+                          lambda token: _restore(path, kind, dump, target, run_id, history, token, _du(Path(folder)),
+                                                 file=folder, counted=lambda: _du(Path(folder))), cancel)
+    # custom
+    toc = _custom_toc(source, path, compression)
+    if missing_tables(toc.tables, expected):
+        return _custom(decoded(source, path, compression), cancel), None
+    if root is not None and compression == "none":  # pg_restore reads the file itself (read-only)
+        file = os.path.join(root, path)
+        size = os.path.getsize(file)
+        return _alongside(lambda: _custom(decoded(source, path, compression), cancel),
+                          lambda token: _restore(path, kind, dump, target, run_id, history, token, size, file=file,
+                                                 counted=lambda: size), cancel)
+    tee = _Tee(decoded(source, path, compression))
+    entry = source.stat(path)
+    size = entry.size if entry is not None and entry.size is not None else 0
+    return _alongside(lambda: _custom(tee.walked(), cancel),
+                      lambda token: _restore(path, kind, dump, target, run_id, history, token, size,
+                                             stdin=tee.consumer(), counted=lambda: tee.n), cancel, tee.close)
+
+
+def _du(folder: Path) -> int:
+    return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
+
+
+def _custom_toc(source: Source, path: str, compression: str) -> Archive:
+    """The header and table of contents of a custom archive (the start of the file only)."""
+    stream = decoded(source, path, compression)
+    buf = bytearray()
+
+    def read(n: int) -> bytes:
+        while len(buf) < n:
+            chunk = next(stream, b"")
+            if not chunk:
+                break
+            buf.extend(chunk)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    try:
+        return read_archive(read, data=False)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def _alongside(walk: Callable[[], Structure], restore_fn: Callable[[CancelToken], RestoreReport],
+               cancel: CancelToken, done: Callable[[], None] = lambda: None) -> tuple[Structure, RestoreReport]:
+    """Run the structural `walk` in a thread while `restore_fn` runs here; a walk that fails stops the
+    restore (its token) and wins: its DumpProblem is raised.  `done` is called when `restore_fn`
+    ends, however it ends (before waiting for the walk)."""
+    token = _Linked(cancel)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["structure"] = walk()
+        except BaseException as exc:
+            box["error"] = exc
+            token.cancel("the structural check failed")
+
+    thread = threading.Thread(target=run, name="reversib-dump-structure", daemon=True)
+    thread.start()
+    try:
+        try:
+            rep = restore_fn(token)
+        finally:
+            done()
+    except BaseException:
+        if not cancel.cancelled:
+            thread.join()
+            if "error" in box:
+                raise box["error"] from None
+        raise
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["structure"], rep
+
+
+def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str, history: History,
+             cancel: CancelToken, size: int, *, counted: Callable[[], int], stdin: Iterable[bytes] | None = None,
+             file: str | None = None) -> RestoreReport:
+    """Restore into a new scratch database (created by the same psql session that checks the role),
+    check the expectations, drop it whatever happens.  The dump comes from `stdin` chunks or from a
+    local `file` (or directory) that pg_restore reads itself."""
+    cfg = dump.restore
+    assert cfg is not None
+    name = scratch_name(run_id)
+    # Not stopped by a failing structural walk (only by the run's cancel): psql killed in the middle of
+    # CREATE DATABASE could leave the creation to commit after our DROP.  A failed walk stops pg_restore.
+    server = pg_preflight(target, cancel.parent if isinstance(cancel, _Linked) else cancel, create=name)
+    out = RestoreReport()
+    try:
+        pg_remove_dead(target, history, [d for d in server.scratch if d != name])
+        _space_check(target, server, size)
+        if kind == "postgres-plain":
             argv = [find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
         else:
-            feed = _Counted(decoded(source, path, compression))
             argv = [find_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "-d", name]
-        local = source.process_root() if kind != "postgres-plain" and compression == "none" else None
+        if file is not None:
+            argv += ["--", file]
         t0 = time.monotonic()
-        if local is not None:  # a local file: pg_restore reads it (read-only) without a copy through reversib
-            file = os.path.join(local, path)
-            res = run_tool([*argv, "--", file], env=target.pg_env(name), cancel=cancel,
-                           timeout=cfg.max_restore_seconds, keep_stdout=False)
-            feed.n = os.path.getsize(file)
-        else:
-            res = run_tool(argv, env=target.pg_env(name), cancel=cancel, timeout=cfg.max_restore_seconds,
-                           stdin=feed, keep_stdout=False)
+        res = run_tool(argv, env=target.pg_env(name), cancel=cancel, timeout=cfg.max_restore_seconds,
+                       stdin=stdin, keep_stdout=False)
         out.seconds = time.monotonic() - t0
-        out.bytes = feed.n
+        out.bytes = counted()
         if res.timed_out:
             out.findings.append(restore_timed_out(path, cfg.max_restore_seconds, out.seconds))
             return out
@@ -224,13 +400,13 @@ def restore(source: Source, path: str, kind: str, compression: str, dump: DumpCo
                                         actual=msg[:1000]))
             return out
         checked = _expectations(dump, cfg, target, name, path, cancel, out.findings)
-        out.findings.append(restored(path, out.seconds, out.bytes, checked))
+        out.findings.append(restored(path, out.seconds, out.bytes, checked, kind))
         return out
     finally:
         pg_drop(target, name)
 
 
-def _space_check(target: Target, server: PgServer, structure: Structure) -> None:
+def _space_check(target: Target, server: PgServer, size: int) -> None:
     """Best effort: a server on this machine whose data directory the role may read must have room
     for twice the dump's decoded size."""
     if server.data_directory is None or not host_is_local(target.host):
@@ -239,7 +415,7 @@ def _space_check(target: Target, server: PgServer, structure: Structure) -> None
         free = shutil.disk_usage(server.data_directory).free
     except OSError:
         return
-    need = 2 * structure.decoded_bytes
+    need = 2 * size
     if free < need:
         raise unverifiable(f"not enough free space on the restore server: {free} bytes free, {need} needed",
                            "room for the restore")
@@ -255,7 +431,7 @@ def _qualified(table: str) -> str:
 
 
 def _expectations(dump: DumpConfig, cfg: DumpRestoreConfig, target: Target, name: str, path: str,
-                  cancel: CancelToken, findings: list[Finding]) -> str:
+                  cancel: CancelToken, findings: list[Finding]) -> Checked:
     opts = _read_only(cfg)
 
     def query(sql: str) -> list[str]:
@@ -264,11 +440,24 @@ def _expectations(dump: DumpConfig, cfg: DumpRestoreConfig, target: Target, name
         except PsqlError as exc:
             raise QueryError(str(exc), missing_table="does not exist" in str(exc)) from exc
 
-    def count_rows(table: str) -> int:
+    def count(table: str) -> int:
         return int(query(f"SELECT count(*) FROM {_qualified(table)};")[0])
 
-    def assertion(sql: str) -> tuple[bool, str]:
-        rows = query(f"START TRANSACTION READ ONLY;\n{sql.strip().rstrip(';')}\n;\nROLLBACK;\n")
-        return rows == ["t"], shown_rows(rows)
+    # the tables are counted at the same time (a sequential scan each, one connection each), at most 4 at once
+    counted: dict[str, Future[int]] = {}
+    tables = list(dump.row_counts)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, len(tables))), thread_name_prefix="reversib-count")
+    try:
+        counted = {t: pool.submit(count, t) for t in tables}
 
-    return check_expectations(dump, path, findings, count_rows=count_rows, assertion=assertion, dialect="postgres")
+        def count_rows(table: str) -> int:
+            return counted[table].result()
+
+        def assertion(sql: str) -> tuple[bool, str]:
+            rows = query(f"START TRANSACTION READ ONLY;\n{sql.strip().rstrip(';')}\n;\nROLLBACK;\n")
+            return rows == ["t"], shown_rows(rows)
+
+        return check_expectations(dump, path, findings, count_rows=count_rows, assertion=assertion,
+                                  dialect="postgres")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from reversib.config import DumpRestoreConfig
 from reversib.dumps.base import clean_env, find_tool, run_tool, unverifiable
-from reversib.sources.base import CancelToken
+from reversib.sources.base import Cancelled, CancelToken
 
 if TYPE_CHECKING:
     from reversib.history import History
@@ -157,14 +157,48 @@ SELECT 'S|' || setting FROM pg_settings WHERE name = 'data_directory';
 """
 
 
-def pg_preflight(target: Target, cancel: CancelToken) -> PgServer:
+def pg_preflight(target: Target, cancel: CancelToken, create: str | None = None) -> PgServer:
     """One round trip: the restore role must not be a superuser nor able to run programs or touch
-    server files, and needs CREATEDB; also the scratch databases present and the data directory."""
+    server files, and needs CREATEDB; also the scratch databases present and the data directory.
+    With `create`, the same psql session then creates that scratch database -- only when the role
+    passed (psql's `\\if` on the role's attributes; checked again here)."""
+    sql = _PREFLIGHT
+    if create is not None:
+        assert SCRATCH_RE.match(create)
+        sql = (_PREFLIGHT_GATE + _PREFLIGHT + "\\if :reversib_may_create\n"
+               f"CREATE DATABASE {pg_ident(create)} TEMPLATE template0;\nSELECT 'C|' || 1;\n\\endif\n")
     try:
-        rows = psql(target, _PREFLIGHT, cancel)
+        rows = psql(target, sql, cancel)
+    except Cancelled:
+        # the run was cancelled mid-way: the database may exist (or still be being created: then the
+        # removal at the next start drops it, its run being interrupted)
+        if create is not None:
+            pg_drop(target, create)
+        raise
     except PsqlError as exc:
-        raise unverifiable(f"restore server {target.describe()} unreachable: {exc}",
+        raise unverifiable(f"restore server {target.describe()} unreachable or refusing: {exc}",
                            "a reachable restore server") from exc
+    created = create is not None and "C|1" in rows
+    try:
+        server = _judge(target, rows)
+    except BaseException:
+        if created:
+            assert create is not None
+            pg_drop(target, create)
+        raise
+    if create is not None and not created:
+        raise unverifiable(f"cannot create the scratch database {create} on {target.describe()}")
+    return server
+
+
+_PREFLIGHT_GATE = """SELECT NOT (rolsuper OR pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')
+  OR pg_has_role(current_user, 'pg_write_server_files', 'MEMBER')
+  OR pg_has_role(current_user, 'pg_read_server_files', 'MEMBER')) AND rolcreatedb AS reversib_may_create
+  FROM pg_roles WHERE rolname = current_user \\gset
+"""
+
+
+def _judge(target: Target, rows: list[str]) -> PgServer:
     role = [r.split("|")[1:] for r in rows if r.startswith("R|")]
     if len(role) != 1 or len(role[0]) != 5:
         raise unverifiable(f"restore server {target.describe()}: cannot read the role's attributes")

@@ -180,10 +180,11 @@ def load_heads(path: str | Path, key: Ed25519PublicKey) -> dict[str, Head]:
 
 
 def attach(history: Any, config: Any) -> bool:
-    """Anchor the chain heads to `config.heads_path` after each completed run recorded through `history`
-    (an `EvidenceConfig`).  False when no heads path is configured.  The key is loaded now, so that a
-    bad key is a start-up error, not a silent gap in the anchoring."""
-    if config is None or not config.heads_path:
+    """Anchor the chain heads after each completed run recorded through `history` (`config` is an
+    `EvidenceConfig`): every head to the file `heads_path`, and/or the run's check's new head as an
+    Object-Locked object under `heads_s3`.  False when neither is configured.  The key is loaded now, so
+    that a bad key is a start-up error, not a silent gap in the anchoring."""
+    if config is None or not (config.heads_path or config.heads_s3):
         return False
     try:
         key = load_private_key(config.signing_key_file)
@@ -191,14 +192,41 @@ def attach(history: Any, config: Any) -> bool:
         from reversib.config import ConfigError
 
         raise ConfigError([f"evidence.signing_key_file: {exc}"]) from None
-    path = Path(config.heads_path)
+    path = Path(config.heads_path) if config.heads_path else None
+    s3 = None
+    if config.heads_s3 is not None:
+        from reversib.evidence.anchor_s3 import from_config
+
+        s3 = from_config(config.heads_s3)
 
     def after_finish(check_id: str) -> None:
         from reversib.evidence.chain import read_heads
 
         with history.engine.connect() as conn:
-            heads = read_heads(conn)
-        anchor_heads(path, heads, key, history._now())
+            heads = read_heads(conn) if path is not None else read_heads(conn, [check_id])
+        now = history._now()
+        try:
+            if path is not None:
+                anchor_heads(path, heads, key, now)
+        finally:  # one anchor failing (logged by the history) never skips the other
+            if s3 is not None and check_id in heads:
+                s3.write(heads[check_id], key, now)
 
     history.after_finish.append(after_finish)
     return True
+
+
+def load_anchored(target: str, key: Ed25519PublicKey, config: Any = None) -> dict[str, Head]:
+    """The signed heads to check the database against: a heads file, or `s3://bucket/prefix` holding
+    head objects (read with `config.heads_s3.s3`'s connection options when configured).  Raises
+    SignatureError (untrusted), OSError (file) or AnchorError (bucket)."""
+    if not target.startswith("s3://"):
+        return load_heads(target, key)
+    from reversib.evidence.anchor_s3 import S3Heads
+
+    s3_config = getattr(config, "heads_s3", None)
+    heads = S3Heads(target, s3_config.s3 if s3_config is not None else None)
+    try:
+        return heads.newest(key)
+    finally:
+        heads.close()

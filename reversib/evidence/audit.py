@@ -8,7 +8,12 @@ Inside the database (docs/evidence.md):
   link whose `prev_digest` is not the previous link's record digest);
 * **inserted**: a completed run that is in no chain;
 * **reordered**: two links whose runs were swapped (each one's content matches the other's run);
-* **head**: the `chain_heads` row disagrees with the last link.
+* **head**: the `chain_heads` row disagrees with the last link;
+* **checkpoint**: the chain starts at a checkpoint (its older links were pruned, docs/evidence.md)
+  whose Ed25519 signature does not verify, or a checkpoint sits elsewhere than at the start.
+
+A chain starting at a checkpoint whose signature verifies is accepted; without the public key the
+checkpoint cannot be verified, which is reported apart (`could_not_verify`): never a pass.
 
 Against signed heads (`--against`): every anchored head must still be a link of the database's
 chain, with the same record digest; otherwise the newest runs were deleted or the chain rewritten.
@@ -22,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from reversib.evidence.chain import CHAIN_FIELDS, FINDING_FIELDS, Head, content_digest, heads_t, links_t, record_digest
+from reversib.evidence.prune import is_checkpoint, verify_checkpoint
 from reversib.history import History, findings_t, runs_t
 from reversib.model import RunState
 
@@ -31,7 +38,7 @@ from reversib.model import RunState
 @dataclass(frozen=True)
 class Problem:
     check_id: str
-    kind: str  # altered | removed | inserted | reordered | head | anchor
+    kind: str  # altered | removed | inserted | reordered | head | anchor | checkpoint
     seq: int | None
     run_id: str | None
     message: str
@@ -47,10 +54,12 @@ class AuditReport:
     links: int = 0
     problems: list[Problem] = field(default_factory=list)
     anchored: int = 0  # heads checked against a signed heads file
+    checkpoints: int = 0  # chains starting at a verified checkpoint
+    could_not_verify: list[str] = field(default_factory=list)  # checkpoints without a key to check them
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.could_not_verify
 
     def first_problems(self) -> list[Problem]:
         """The first problem of each check (the first record altered, removed or inserted)."""
@@ -64,13 +73,15 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": 1, "ok": self.ok, "links": self.links, "anchored": self.anchored,
+                "checkpoints": self.checkpoints, "could_not_verify": self.could_not_verify,
                 "checks": {c: (h.to_dict() if h else None) for c, h in sorted(self.checks.items())},
                 "first_problems": [p.to_dict() for p in self.first_problems()],
                 "problems": [p.to_dict() for p in self.problems]}
 
 
-def verify_chains(history: History, against: Mapping[str, Head] | None = None) -> AuditReport:
-    """Walk every chain of `history` (every check with a run or a link)."""
+def verify_chains(history: History, against: Mapping[str, Head] | None = None,
+                  key: Ed25519PublicKey | None = None) -> AuditReport:
+    """Walk every chain of `history` (every check with a run or a link); `key` verifies checkpoints."""
     report = AuditReport()
     with history.engine.connect() as conn:
         runs: dict[str, dict[str, Any]] = {}
@@ -92,13 +103,13 @@ def verify_chains(history: History, against: Mapping[str, Head] | None = None) -
     contents = {run_id: content_digest(run, findings.get(run_id, [])) for run_id, run in runs.items()}
     for check_id in sorted(set(by_check) | set(links) | set(heads) | set(against or {})):
         _verify_check(report, check_id, links.get(check_id, []), by_check.get(check_id, []), runs, contents,
-                      heads.get(check_id), (against or {}).get(check_id))
+                      heads.get(check_id), (against or {}).get(check_id), key)
     return report
 
 
 def _verify_check(report: AuditReport, check_id: str, links: list[Mapping[str, Any]], run_ids: list[str],
                   runs: Mapping[str, Mapping[str, Any]], contents: Mapping[str, str], head: Any,
-                  anchored: Head | None) -> None:
+                  anchored: Head | None, key: Ed25519PublicKey | None = None) -> None:
     problems: list[Problem] = []
 
     def problem(kind: str, seq: int | None, run_id: str | None, message: str) -> None:
@@ -108,15 +119,31 @@ def _verify_check(report: AuditReport, check_id: str, links: list[Mapping[str, A
     prev: str | None = None
     expected_seq = 1
     by_seq: dict[int, Mapping[str, Any]] = {}
+    checkpoint = 0  # the seq of the verified checkpoint the chain starts at
     for i, link in enumerate(links):
         seq, run_id = int(link["seq"]), str(link["run_id"])
         by_seq[seq] = link
+        if is_checkpoint(link):
+            if i > 0:
+                problem("checkpoint", seq, None, f"link {seq} is a checkpoint in the middle of the chain: "
+                        "a checkpoint only replaces the pruned start of a chain")
+            elif key is None:
+                report.could_not_verify.append(f"{check_id}: the chain starts at a checkpoint (link {seq}, links "
+                                               f"1..{seq} pruned): give the public key to verify it")
+            elif (why := verify_checkpoint(link, key)) is not None:
+                problem("checkpoint", seq, None, f"the checkpoint replacing links 1..{seq} is not valid: {why}")
+            else:
+                report.checkpoints += 1
+                checkpoint = seq
+            prev, expected_seq = str(link["record_digest"]), seq + 1
+            continue
         linked.add(run_id)
         report.links += 1
         if seq != expected_seq:
             problem("removed", expected_seq, None,
                     f"link {expected_seq}{'' if seq == expected_seq + 1 else f'..{seq - 1}'} of the chain is gone "
-                    f"(the next link is {seq}, run {run_id}): runs were removed from the chain")
+                    f"(the next link is {seq}, run {run_id}): runs were removed from the chain"
+                    + (" and no signed checkpoint replaces them" if i == 0 else ""))
         elif link["prev_digest"] != prev:
             problem("removed" if prev is not None else "altered", seq, run_id,
                     f"link {seq} (run {run_id}) does not follow link {seq - 1}: a link was removed or replaced")
@@ -154,7 +181,9 @@ def _verify_check(report: AuditReport, check_id: str, links: list[Mapping[str, A
     if anchored is not None:
         report.anchored += 1
         at = by_seq.get(anchored.seq)
-        if at is None or at["record_digest"] != anchored.record_digest:
+        if anchored.seq < checkpoint:
+            pass  # pruned, covered by the verified checkpoint (it signs link `checkpoint`'s digest)
+        elif at is None or at["record_digest"] != anchored.record_digest:
             what = ("is gone: the newest runs were deleted" if at is None
                     else "has another digest: the chain was rewritten")
             problem("anchor", anchored.seq, anchored.run_id,

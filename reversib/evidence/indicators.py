@@ -18,6 +18,10 @@ Pure functions over plain run records: the report and the metrics compute the sa
 * **Could-not-verify ratio**: runs with outcome `error` / all completed runs.
 * **Export growth**: files and bytes listed by each conclusive run; a point with fewer files or
   bytes than SHRINK_FACTOR times the previous point is flagged as a sudden shrinkage.
+* **Restore duration (RTO)**, where restore tests run: per run, the sum of the `restore_seconds` of
+  its `restored` findings (one per dump restored; docs/dumps.md); the last, mean and longest value,
+  and the trend: the least-squares slope of those durations against time, in seconds per 30 days
+  (positive: restores are getting slower).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class RunPoint:
     files_listed: int = 0
     bytes_listed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    restore_seconds: float | None = None  # sum over the dumps restored by the run; None: no restore
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class Indicators:
     longest_gap: tuple[float, dt.datetime, dt.datetime]
     incidents: list[Incident]
     growth: list[tuple[dt.datetime, int, int, bool]]  # (finished_at, files, bytes, sudden shrinkage)
+    restores: list[tuple[dt.datetime, float]] = field(default_factory=list)  # (started_at, restore seconds)
 
     def count(self, status: str) -> int:
         return sum(1 for w in self.windows if w.status == status)
@@ -124,6 +130,18 @@ class Indicators:
         return [i for i in self.incidents if i.open]
 
     @property
+    def restore_trend_per_30d(self) -> float | None:
+        """Least-squares slope of the restore durations against time, in seconds per 30 days."""
+        if len(self.restores) < 2:
+            return None
+        t0 = self.restores[0][0]
+        xs = [(t - t0).total_seconds() / (30 * 86400) for t, _ in self.restores]
+        ys = [v for _, v in self.restores]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        return None if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+    @property
     def shrinkages(self) -> list[tuple[dt.datetime, int, int, bool]]:
         return [g for g in self.growth if g[3]]
 
@@ -141,7 +159,12 @@ class Indicators:
             "could_not_verify_ratio": _round(self.could_not_verify_ratio),
             "runs": self.runs, "outcomes": dict(sorted(self.outcomes.items())),
             "sudden_shrinkages": len(self.shrinkages),
-            "restore_seconds": None,  # not recorded in the history yet (docs/evidence.md)
+            "restores": len(self.restores),
+            "restore_seconds_last": _round(self.restores[-1][1]) if self.restores else None,
+            "restore_seconds_mean": _round(sum(v for _, v in self.restores) / len(self.restores))
+            if self.restores else None,
+            "restore_seconds_max": _round(max(v for _, v in self.restores)) if self.restores else None,
+            "restore_trend_seconds_per_30d": _round(self.restore_trend_per_30d),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +175,7 @@ class Indicators:
             "missed_windows": [w.to_dict() for w in self.windows if w.status == "missed"],
             "incident_list": [i.to_dict(self.until) for i in self.incidents],
             "growth": [{"at": iso(t), "files": f, "bytes": b, "sudden_shrinkage": s} for t, f, b, s in self.growth],
+            "restore_series": [{"at": iso(t), "seconds": _round(v)} for t, v in self.restores],
         }
 
 
@@ -224,8 +248,9 @@ def compute(check_id: str, runs: Sequence[RunPoint], *, since: dt.datetime, unti
             shrink = prev is not None and (r.files_listed < SHRINK_FACTOR * prev[1]
                                            or r.bytes_listed < SHRINK_FACTOR * prev[2])
             growth.append((r.finished_at, r.files_listed, r.bytes_listed, shrink))
+    restores = [(r.started_at, r.restore_seconds) for r in runs if r.restore_seconds is not None]
     return Indicators(check_id, since, until, deadline.strftime("%H:%M") if deadline else None, windows, len(runs),
-                      outcomes, last_complete, gap, incidents, growth)
+                      outcomes, last_complete, gap, incidents, growth, restores)
 
 
 METRICS_DAYS = 30

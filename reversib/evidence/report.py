@@ -8,6 +8,7 @@ import datetime as dt
 import html
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -48,8 +49,12 @@ def build_report(history: History, checks: Sequence[CheckConfig], *, since: dt.d
             sa.select(r.check_id, sa.func.max(r.finished_at))
             .where(r.check_id.in_(wanted), r.outcome == "passed", r.started_at < since).group_by(r.check_id)).all())
         heads = read_heads(conn, wanted)
+        restores = _restore_seconds(conn, wanted, since, until)
+        coverage = _coverage(conn, wanted, since, until)
         results: dict[str, Indicators] = {}
         for check_id in wanted:
+            if restores:
+                points[check_id] = [replace(p, restore_seconds=restores.get(p.run_id)) for p in points[check_id]]
             c = configured.get(check_id)
             last_before = before.get(check_id)
             if isinstance(last_before, str):  # SQLite returns an aggregate's timestamp as text
@@ -79,12 +84,58 @@ def build_report(history: History, checks: Sequence[CheckConfig], *, since: dt.d
         doc["first_window"] = ind.windows[0].day.isoformat() if ind.windows else None
         head = heads.get(check_id)
         doc["chain_head"] = head.to_dict() if head else None
+        doc["coverage"] = coverage.get(check_id)
         out_checks.append(doc)
     return {"kind": REPORT_KIND, "schema": 1, "reversib": __version__, "generated_at": iso(history._now()),
             "since": iso(since), "until": iso(until), "checks": out_checks}
 
 
 _STRIP = {"on_time": "o", "missed": "m", "unmeasured": "u", "pending": "p"}
+
+
+def _restore_seconds(conn: sa.Connection, wanted: Sequence[str], since: dt.datetime,
+                     until: dt.datetime) -> dict[str, float]:
+    """run id -> seconds spent restoring its dumps (the sum of its `restored` findings' restore_seconds,
+    docs/dumps.md), for the runs of the period that restored any."""
+    from reversib.dumps.expectations import restore_detail
+
+    r, f = runs_t.c, findings_t.c
+    stmt = (sa.select(f.run_id, f.detail).join(runs_t, r.id == f.run_id)
+            .where(f.kind == "restored", f.detail.is_not(None), r.check_id.in_(wanted),
+                   r.started_at >= since, r.started_at <= until))
+    out: dict[str, float] = {}
+    for row in conn.execute(stmt):
+        detail = restore_detail(row.detail)
+        if detail is not None:
+            out[row.run_id] = out.get(row.run_id, 0.0) + float(detail["restore_seconds"])
+    return out
+
+
+def _coverage(conn: sa.Connection, wanted: Sequence[str], since: dt.datetime,
+              until: dt.datetime) -> dict[str, dict[str, Any]]:
+    """Rolling coverage (docs/coverage.md) at the newest completed run of the period that measured it."""
+    r = runs_t.c
+    newest = (sa.select(r.check_id, sa.func.max(r.started_at).label("at"))
+              .where(r.check_id.in_(wanted), r.coverage.is_not(None), r.state != RunState.RUNNING.value,
+                     r.started_at >= since, r.started_at <= until).group_by(r.check_id).subquery())
+    stmt = sa.select(r.check_id, r.id, r.finished_at, r.coverage).join(
+        newest, sa.and_(r.check_id == newest.c.check_id, r.started_at == newest.c.at))
+    out: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(stmt):
+        cov = row.coverage or {}
+        out[row.check_id] = {"run_id": row.id, "at": iso(row.finished_at),
+                             **{k: cov.get(k) for k in ("ratio", "period_seconds", "entries", "bytes",
+                                                        "covered_files", "covered_bytes", "oldest_verified_at")}}
+    return out
+
+
+def coverage_text(c: dict[str, Any]) -> str:
+    cov = c.get("coverage")
+    if not cov:
+        return "Rolling coverage: not configured (every run verifies every entry) or not measured in the period."
+    return (f"Rolling coverage: {_pct(cov['ratio'])} of {_size(cov['bytes'] or 0)} ({cov['covered_files']} of "
+            f"{cov['entries']} entries) verified within {_dur(cov['period_seconds'])}, at run {cov['run_id']} "
+            f"({cov['at']}).")
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -116,11 +167,30 @@ def _summary_row(c: dict[str, Any]) -> list[str]:
     w = c["windows"]
     return [c["name"], _pct(c["on_time_ratio"]), f"{w['on_time']}/{w['on_time'] + w['missed']}", str(w["unmeasured"]),
             _dur(c["since_last_complete_seconds"]), _dur(c["longest_gap_seconds"]), _dur(c["mttr_seconds"]),
-            str(c["open_incidents"]), _pct(c["could_not_verify_ratio"]), str(c["sudden_shrinkages"])]
+            str(c["open_incidents"]), _pct(c["could_not_verify_ratio"]), str(c["sudden_shrinkages"]),
+            _secs(c["restore_seconds_last"]) + (f" ({_trend(c['restore_trend_seconds_per_30d'])})"
+                                                if c["restore_trend_seconds_per_30d"] is not None else "")]
+
+
+def _secs(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f} s" if v < 600 else _dur(v)
+
+
+def _trend(v: float) -> str:
+    return f"{'+' if v >= 0 else '−'}{abs(v):.1f} s/30d"
+
+
+def restore_text(c: dict[str, Any]) -> str:
+    if not c["restores"]:
+        return "Restore duration (RTO): no restore test in the period."
+    trend = c["restore_trend_seconds_per_30d"]
+    return (f"Restore duration (RTO) over {c['restores']} restore tests: last {_secs(c['restore_seconds_last'])}, "
+            f"mean {_secs(c['restore_seconds_mean'])}, longest {_secs(c['restore_seconds_max'])}, trend "
+            + ("n/a (one test)" if trend is None else _trend(trend)) + ".")
 
 
 HEADERS = ["check", "on time & complete", "windows met", "unmeasured", "since last complete export",
-           "longest gap", "MTTR", "open incidents", "could not verify", "sudden shrinkages"]
+           "longest gap", "MTTR", "open incidents", "could not verify", "sudden shrinkages", "restore (RTO), trend"]
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
@@ -148,6 +218,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         for t, f, b in ((g["at"], g["files"], g["bytes"]) for g in c["growth"] if g["sudden_shrinkage"]):
             lines.append(f"- sudden shrinkage at {t}: {f} files, {_size(b)}")
         head = c["chain_head"]
+        lines += ["", coverage_text(c)]
+        lines += ["", restore_text(c)]
         lines += ["", f"Chain head: link {head['seq']}, run `{head['run_id']}`, `{head['record_digest']}`" if head
                   else "Chain head: none"]
     return "\n".join(lines) + "\n"
@@ -287,6 +359,11 @@ def render_html(doc: dict[str, Any]) -> str:
             out.append("<p>Unmeasured windows: " + _e(", ".join(f"{w['day']} ({w['reason']})"
                                                                  for w in c["unmeasured_windows"])) + "</p>")
         head = c["chain_head"]
+        out.append(f"<p>{_e(coverage_text(c))}</p>")
+        out.append(f"<h3>{_e(restore_text(c))}</h3>")
+        if c["restore_series"]:
+            out.append(_line_svg([(dt.datetime.fromisoformat(p["at"]).timestamp(), p["seconds"], False)
+                                  for p in c["restore_series"]], "restore seconds", _secs))
         out.append("<p>Chain head: " + (f"link {head['seq']}, run <code>{_e(head['run_id'])}</code>, record digest "
                                        f"<code>{_e(head['record_digest'])}</code>" if head else "none") + "</p>")
     out.append("</body></html>\n")

@@ -1,11 +1,16 @@
 """Manifest authenticity and drift (docs/evidence.md).
 
-* **Signature**: with `manifest.signature`, the manifest must come with an OpenSSH signature
-  `<manifest>.sig` (`ssh-keygen -Y sign -f key -n NAMESPACE MANIFEST`) that `ssh-keygen -Y verify`
-  accepts for `identity` with the check's allowed-signers file.  The exact bytes that were parsed are
-  verified (they are read again and must have the parsed manifest's digest).  No signature file:
-  `manifest_unsigned` (error when `required`, else warning); a signature that does not verify (altered
-  manifest, unknown key, wrong identity or namespace): `manifest_signature_invalid`.
+* **Signature**: with `manifest.signature`, the manifest must come with a detached signature next to
+  it, checked by the real tool of its `type`:
+  - `ssh`: `<manifest>.sig` (`ssh-keygen -Y sign -f key -n NAMESPACE MANIFEST`) that `ssh-keygen -Y
+    verify` accepts for `identity` with the check's allowed-signers file;
+  - `minisign`: `<manifest>.minisig` that `minisign -V -p KEY` accepts for one of `public_key_files`;
+  - `openpgp`: `<manifest>.sig` (binary or armored) that `gpg --verify` accepts with a temporary
+    keyring holding only `public_key_files` (never the user's keyring).
+  The exact bytes that were parsed are verified (they are read again and must have the parsed
+  manifest's digest).  No signature file: `manifest_unsigned` (error when `required`, else warning); a
+  signature that does not verify (altered manifest, unknown key, wrong identity or namespace):
+  `manifest_signature_invalid`.
 * **Drift** (`manifest.append_only: true`): compared with what reversib verified before (the
   `entry_state` of the check), a path that is no longer in the manifest is `entry_vanished`, and a path
   whose digest (same algorithm) differs from the digest reversib computed earlier is `digest_changed`:
@@ -15,10 +20,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +36,6 @@ if TYPE_CHECKING:
     from reversib.manifests.base import Manifest
     from reversib.sources.base import Source
 
-SIG_SUFFIX = ".sig"
 MAX_MANIFEST_BYTES = 1 << 30
 MAX_SIG_BYTES = 1 << 16
 
@@ -43,7 +48,7 @@ def check_manifest(check: CheckConfig, export: Source, manifest: Manifest, resul
     sig = check.manifest.signature
     if sig is not None:
         place = (check.manifest.path or result.manifest or "").removeprefix("./")
-        own.add(place + SIG_SUFFIX)
+        own.add(place + sig.sig_suffix)
         result.findings.extend(_signature_findings(export, place, manifest.digest, sig))
     if check.manifest.append_only and history is not None:
         result.findings.extend(drift_findings(manifest, history.entry_states(check.check_id)))
@@ -68,8 +73,9 @@ def _signature_findings(export: Source, place: str, parsed_digest: str, sig: Sig
     def invalid(actual: str) -> list[Finding]:
         return [Finding(FindingKind.MANIFEST_SIGNATURE_INVALID, place, expected=expected, actual=actual)]
 
-    expected = f"a signature by {sig.identity} (namespace {sig.namespace})"
-    sig_path = place + SIG_SUFFIX
+    expected = (f"an OpenSSH signature by {sig.identity} (namespace {sig.namespace})" if sig.type == "ssh"
+                else f"a {_TOOL_NAMES[sig.type]} signature by a key of {', '.join(sig.public_key_files)}")
+    sig_path = place + sig.sig_suffix
     signature = _read(export, sig_path, MAX_SIG_BYTES)
     if signature is None:
         return [Finding(FindingKind.MANIFEST_UNSIGNED, place, expected=expected, actual=f"no {sig_path}",
@@ -77,8 +83,24 @@ def _signature_findings(export: Source, place: str, parsed_digest: str, sig: Sig
     data = _read(export, place, MAX_MANIFEST_BYTES)
     if data is None or hashlib.sha256(data).hexdigest() != parsed_digest:
         return invalid("the manifest changed after it was read: its signed bytes are not the ones verified")
-    ok, message = verify_ssh_signature(data, signature, sig.allowed_signers_file, sig.identity, sig.namespace)
+    if sig.type == "ssh":
+        assert sig.allowed_signers_file is not None and sig.identity is not None  # the config validator
+        ok, message = verify_ssh_signature(data, signature, sig.allowed_signers_file, sig.identity, sig.namespace)
+    elif sig.type == "minisign":
+        ok, message = verify_minisign_signature(data, signature, sig.public_key_files)
+    else:
+        ok, message = verify_openpgp_signature(data, signature, sig.public_key_files)
     return [] if ok else invalid(message)
+
+
+_TOOL_NAMES = {"ssh": "OpenSSH", "minisign": "minisign", "openpgp": "OpenPGP"}
+
+
+def _clean(output: bytes, *replace: str) -> str:
+    text = " ".join(output.decode("utf-8", "replace").split())
+    for r in replace:
+        text = text.replace(r, "signature")
+    return text[:500]
 
 
 def verify_ssh_signature(data: bytes, signature: bytes, allowed_signers: str, identity: str,
@@ -93,8 +115,69 @@ def verify_ssh_signature(data: bytes, signature: bytes, allowed_signers: str, id
         sig_file.write_bytes(signature)
         proc = subprocess.run([tool, "-Y", "verify", "-f", allowed_signers, "-I", identity, "-n", namespace,
                                "-s", str(sig_file)], input=data, capture_output=True, timeout=60)
-    text = " ".join((proc.stdout + proc.stderr).decode("utf-8", "replace").split())
-    return proc.returncode == 0, text.replace(str(sig_file), "signature")[:500]
+    return proc.returncode == 0, _clean(proc.stdout + proc.stderr, str(sig_file))
+
+
+def verify_minisign_signature(data: bytes, signature: bytes, public_keys: Sequence[str]) -> tuple[bool, str]:
+    """`minisign -V`: (True, its message) when `signature` is a valid signature of `data` by one of the
+    `public_keys` files (minisign's `.pub`: an untrusted comment line and the base64 key); (False, why)
+    otherwise.  minisign reads the manifest from a file: the bytes already read are written to a private
+    temporary folder, so the verified bytes are exactly the parsed ones."""
+    tool = shutil.which("minisign")
+    if tool is None:
+        return False, "minisign is not installed: the signature cannot be checked"
+    messages = []
+    with tempfile.TemporaryDirectory(prefix="reversib-sig-") as tmp:
+        manifest, sig_file = Path(tmp) / "manifest", Path(tmp) / "manifest.minisig"
+        manifest.write_bytes(data)
+        sig_file.write_bytes(signature)
+        for key in public_keys:
+            # -H is not forced, so legacy (non-prehashed) signatures still verify.
+            proc = subprocess.run([tool, "-V", "-p", key, "-m", str(manifest), "-x", str(sig_file)],
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            if proc.returncode == 0:
+                return True, f"signed by the minisign key {key}"
+            why = _clean(proc.stdout + proc.stderr, str(sig_file), str(manifest)) or f"exit {proc.returncode}"
+            messages.append(f"{Path(key).name}: {why}")
+    return False, "; ".join(messages)[:500]
+
+
+def verify_openpgp_signature(data: bytes, signature: bytes, public_keys: Sequence[str]) -> tuple[bool, str]:
+    """`gpg --verify` with a temporary home holding only `public_keys` (never the user's keyring): (True,
+    the signer's fingerprint) when gpg reports a good and valid signature (status VALIDSIG, exit 0) by one
+    of them; (False, why) otherwise: an unknown key (ERRSIG/NO_PUBKEY), a bad or expired signature, a
+    revoked or expired key."""
+    tool = shutil.which("gpg")
+    if tool is None:
+        return False, "gpg (gnupg) is not installed: the signature cannot be checked"
+    with tempfile.TemporaryDirectory(prefix="reversib-gpg-") as home:
+        os.chmod(home, 0o700)
+        # No agent, no network (no key retrieval), trust = being in this keyring (the configured keys only).
+        base = [tool, "--homedir", home, "--batch", "--no-tty", "--no-autostart", "--no-options",
+                "--no-auto-key-retrieve", "--trust-model", "always"]
+        imported = subprocess.run([*base, "--import", *public_keys], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=60)
+        if imported.returncode != 0:
+            return False, "the configured OpenPGP public keys cannot be imported: " + _clean(imported.stderr, home)
+        sig_file = Path(home) / "manifest.sig"
+        sig_file.write_bytes(signature)
+        proc = subprocess.run([*base, "--status-fd", "1", "--verify", str(sig_file), "-"], input=data,
+                              capture_output=True, timeout=60)
+    status = proc.stdout.decode("utf-8", "replace").splitlines()
+    codes = {line.split()[1]: line for line in status if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    bad = [c for c in ("BADSIG", "ERRSIG", "NO_PUBKEY", "EXPSIG", "EXPKEYSIG", "REVKEYSIG") if c in codes]
+    if proc.returncode == 0 and "VALIDSIG" in codes and "GOODSIG" in codes and not bad:
+        return True, "signed by OpenPGP key " + codes["VALIDSIG"].split()[2]
+    why = {"NO_PUBKEY": "signed by a key that is not among the configured public keys",
+           "ERRSIG": "the signature cannot be checked (unknown key or algorithm)",
+           "BADSIG": "BAD signature: the manifest was altered after signing, or the signature is not for it",
+           "EXPSIG": "the signature has expired", "EXPKEYSIG": "signed by an expired key",
+           "REVKEYSIG": "signed by a revoked key"}
+    reasons = [why[c] for c in ("BADSIG", "NO_PUBKEY", "EXPSIG", "EXPKEYSIG", "REVKEYSIG") if c in codes]
+    if not reasons and "ERRSIG" in codes:
+        reasons.append(why["ERRSIG"])
+    detail = _clean(proc.stderr, str(sig_file), home)
+    return False, ("; ".join(reasons) or "no valid OpenPGP signature") + (f" (gpg: {detail})" if detail else "")
 
 
 def drift_findings(manifest: Manifest, known: Iterable[EntryRecord]) -> list[Finding]:

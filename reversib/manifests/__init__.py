@@ -24,6 +24,13 @@ WELL_KNOWN = ("reversib-manifest.json", "manifest.json", "SHA512SUMS", "SHA256SU
 SUFFIXES = (".sha256", ".sha512", ".md5", ".b2")
 
 
+def check_format(value: str) -> str:
+    """A configured manifest format, or ValueError naming the known ones (for the config validators)."""
+    if value not in FORMATS:
+        raise ValueError(f"unknown manifest format {value!r}; expected one of: {', '.join(FORMATS)}")
+    return value
+
+
 class ManifestNotFound(ManifestError, FileNotFoundError):
     """The manifest path does not exist (the runner reports `manifest_missing`)."""
 

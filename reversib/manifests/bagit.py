@@ -240,7 +240,8 @@ class _BagReader:
                 self.invalid(name, lineno, reason, path=self.prefix + rel)
                 continue
             path = self.prefix + rel
-            entry = ManifestEntry(path, None, {alg: hexd.lower()}, line=lineno)
+            # = ManifestEntry(path, None, {alg: hexd.lower()}, line=lineno), without the dict round trip
+            entry = ManifestEntry.single(path, (alg,), bytes.fromhex(hexd), lineno)
             if path in seen:
                 extra.append(entry)  # listed twice in one manifest: finalize reports the duplicate
                 continue

@@ -21,6 +21,9 @@ MAX_LINE = 64 * 1024  # bytes; a longer manifest line is reported, never held in
 
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
+# A path that is certainly safe (`path_problem`'s fast path): relative, components of one or more characters,
+# none of them `.` or `..`, no control character at all, nothing that may read as a drive (`X:`).
+_SAFE = re.compile(r"(?!.:)(?:(?!\.\.?/)[^/\x00-\x1f\x7f-\x9f]+/)*(?!\.\.?\Z)[^/\x00-\x1f\x7f-\x9f]+")
 
 
 class ManifestError(Exception):
@@ -59,6 +62,19 @@ class ManifestEntry:
         self.line = line
         self.digests = digests or {}
 
+    @classmethod
+    def single(cls, path: str, algorithms: tuple[str, ...], raw: bytes, line: int | None = None) -> ManifestEntry:
+        """An entry with one digest given as raw bytes (`algorithms`: a one-name tuple), without the
+        dict round trip of `__init__`: the parsers' fast path for the common line."""
+        entry = cls.__new__(cls)
+        entry.path = path
+        entry.size = None
+        entry.mtime = None
+        entry.line = line
+        entry._algs = _ALGS.setdefault(algorithms, algorithms)
+        entry._hex = raw
+        return entry
+
     @property
     def digests(self) -> dict[str, str]:
         raw = self._hex
@@ -81,6 +97,13 @@ class ManifestEntry:
             return [a for a, h in got.items() if a != alg or _to_raw(h) != raw]
         expected = self.digests
         return [a for a, h in got.items() if expected.get(a) != h]
+
+    def matches_exactly(self, got: dict[str, str]) -> bool:
+        """True when `got` holds exactly this entry's algorithms, each with this entry's digest."""
+        raw = self._hex
+        if isinstance(raw, bytes) and len(got) == 1:
+            return got.get(self._algs[0]) == raw.hex()
+        return len(got) == len(self._algs) and not self.mismatches(got)
 
     def add_digest(self, algorithm: str, hexdigest: str) -> None:
         self.digests = {**self.digests, algorithm: hexdigest}
@@ -128,6 +151,8 @@ def path_problem(path: str) -> str | None:
     control characters (tab and newline are allowed: coreutils escapes them unambiguously, and
     reversib escapes every name it prints).  (A leading `./` is stripped by the parsers before this check.)
     """
+    if _SAFE.fullmatch(path):
+        return None
     if path == "":
         return "empty path"
     if "\x00" in path:

@@ -48,6 +48,30 @@ def format_rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_COUNT = re.compile(r"^\s*(>=)?\s*(\d+)\s*$")
+
+
+def dumps_problem(value: Any) -> str | None:
+    """Why `expect.dumps` is malformed, or None.  Shape: {dump path: {"tables": [names],
+    "row_counts": {table: N | ">= N"}}} -- the dump checks' expectations carried by the manifest."""
+    if not isinstance(value, dict):
+        return "must be an object keyed by dump path"
+    for path, spec in value.items():
+        if not isinstance(spec, dict) or set(spec) - {"tables", "row_counts"}:
+            return f"{path!r}: an object with \"tables\" and/or \"row_counts\""
+        tables = spec.get("tables", [])
+        if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
+            return f"{path!r}.tables: a list of table names"
+        counts = spec.get("row_counts", {})
+        if not isinstance(counts, dict):
+            return f"{path!r}.row_counts: an object of table -> count"
+        for table, want in counts.items():
+            if isinstance(want, bool) or not ((_is_int(want) and want >= 0)
+                                              or (isinstance(want, str) and _COUNT.match(want))):
+                return f"{path!r}.row_counts.{table}: a non-negative integer or \">= N\", got {want!r}"
+    return None
+
+
 def _is_int(value: Any) -> bool:
     """JSON Schema's "integer": a number with no fractional part (booleans are not numbers)."""
     if isinstance(value, bool):
@@ -173,6 +197,9 @@ def parse_json(source: Source, path: str) -> Manifest:
         for key, value in raw_expect.items():
             if key in ("min_files", "min_bytes") and not (_is_int(value) and value >= 0):
                 invalid(f"expect.{key} must be a non-negative integer")
+                continue
+            if key == "dumps" and (problem := dumps_problem(value)):
+                invalid(f"expect.dumps: {problem}")
                 continue
             expect[key] = int(value) if key in ("min_files", "min_bytes") else value
 

@@ -9,6 +9,7 @@ from the format named by the caller or by the manifest's file name -- never from
 
 from __future__ import annotations
 
+import binascii
 import re
 
 from reversib.manifests.base import (
@@ -56,6 +57,9 @@ _TAGS = {"MD5": "md5", "SHA1": "sha1", "SHA224": "sha224", "SHA256": "sha256", "
 _TAGGED = re.compile(rb"(?P<tag>[A-Za-z][A-Za-z0-9]*(?:-[0-9]+)?) ?\((?P<name>.*)\)[ \t]*=[ \t]*(?P<hex>.*)", re.DOTALL)
 _UNTAGGED = re.compile(rb"(?P<hex>[0-9A-Fa-f]+)(?P<rest>.*)", re.DOTALL)
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+# The common line, `lowercase-hex  name` or `lowercase-hex *name` with nothing to strip or unescape: parsed by
+# `_fast_line` with the outcome `parse_line` would give; any other line goes to `parse_line`.
+_FAST = re.compile(rb"([0-9a-f]+) [ *]([^\r]+)", re.DOTALL)
 
 # Manifest file names (lower case, without a trailing .txt) that name the format.
 _NAMES = {"md5sums": "md5sum", "sha1sums": "sha1sum", "sha224sums": "sha224sum", "sha256sums": "sha256sum",
@@ -224,6 +228,18 @@ def parse_line(line: bytes, context: str | None, lineno: int = 0,
     return ManifestEntry(name, None, {alg: hexd.decode("ascii").lower()}, line=lineno), kind
 
 
+def _fast_lengths(context: str | None) -> dict[int, tuple[tuple[str, ...], str]]:
+    """Digest length -> ((algorithm,), line kind) for the untagged lines of `context` that `parse_line`
+    accepts without an error; other lengths take the slow path (which reports them)."""
+    if context is None:
+        return {n: ((alg,), _TOOL_OF[alg]) for n, alg in _BY_LENGTH.items()}
+    if context == "b2":
+        return {n: ((blake2b_name(n * 4),), "b2sum") for n in range(2, 129, 2)}
+    if context == "bsd":
+        return {}
+    return {HEX_LENGTHS[context]: ((context,), "b2sum" if context.startswith("blake2b") else _TOOL_OF[context])}
+
+
 def parse_sumfile(source: Source, path: str, *, format_hint: str = "auto") -> Manifest:
     """Parse a GNU/BSD checksum file read through `source`.
 
@@ -236,9 +252,25 @@ def parse_sumfile(source: Source, path: str, *, format_hint: str = "auto") -> Ma
     raw: list[ManifestEntry] = []
     findings: list[Finding] = []
     kinds: set[str] = set()
+    fast = _FAST.fullmatch
+    lengths = _fast_lengths(context)
+    entry = ManifestEntry.single
+    unhex = binascii.unhexlify
     with source.open_range(path) as stream:
         reader = DigestingReader(stream)
         for lineno, line in reader.lines():
+            if line is not None and len(line) <= MAX_LINE and (match := fast(line)) is not None:
+                hexd, raw_name = match.groups()
+                known = lengths.get(len(hexd))
+                if known is not None and not raw_name.startswith(b"./"):
+                    try:
+                        name = raw_name.decode("utf-8")
+                    except UnicodeDecodeError:
+                        pass  # parse_line reports it
+                    else:
+                        raw.append(entry(name, known[0], unhex(hexd), lineno))
+                        kinds.add(known[1])
+                        continue
             try:
                 if line is None or len(line) > MAX_LINE:
                     raise _BadLine(f"line longer than {MAX_LINE} bytes")

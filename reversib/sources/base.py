@@ -55,18 +55,25 @@ class CancelToken:
 
 
 class RateLimiter:
-    """A token bucket shared by every stream of a run: at most `rate` bytes per second."""
+    """A token bucket shared by every stream of a run: at most `rate` bytes per second.  It also counts
+    every byte read through it (`consumed`: the run's bytes downloaded)."""
 
     def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
+        self.consumed = 0
         self._lock = threading.Lock()
         self._clock = clock
         self._next = self._clock()
 
     def consume(self, nbytes: int) -> None:
-        if not self.rate or nbytes <= 0:
+        if nbytes <= 0:
+            return
+        if not self.rate:
+            with self._lock:
+                self.consumed += nbytes
             return
         with self._lock:
+            self.consumed += nbytes
             now = self._clock()
             start = max(now, self._next)
             self._next = start + nbytes / self.rate
@@ -84,7 +91,8 @@ class EntryType(str, enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One listed entry.  `digests` holds digests the source can give without a download
-    (algorithm name -> lowercase hex), `problem` explains why an entry must not be read."""
+    (algorithm name -> lowercase hex; with `hashed`, computed by reversib from the bytes), `problem`
+    explains why an entry must not be read."""
 
     path: str
     size: int | None
@@ -92,6 +100,9 @@ class Entry:
     type: EntryType = EntryType.FILE
     digests: dict[str, str] = field(default_factory=dict)
     problem: str | None = None
+    # True when `digests` were computed by reversib itself from every byte of the entry while listing
+    # (an archive's members, read in one pass): the verifier compares them as a download, without a second read.
+    hashed: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,13 @@ class Source(ABC):
     def open_range(self, path: str, offset: int = 0, length: int | None = None) -> GuardedStream:
         """Open `length` bytes of `path` from `offset` (to the end when None)."""
         self.cancel.check()
-        return GuardedStream(self._open_raw(path, offset), self.cancel, self.limiter, length)
+        raw = self._open_raw(path, offset) if length is None else self._open_raw_range(path, offset, length)
+        return GuardedStream(raw, self.cancel, self.limiter, length)
+
+    def _open_raw_range(self, path: str, offset: int, length: int) -> BinaryIO:
+        """A stream of at least `length` bytes from `offset` (or to the end); a backend that can ask its
+        server for exactly that range (an S3 `Range` header) overrides this."""
+        return self._open_raw(path, offset)
 
     def __enter__(self) -> Source:
         return self

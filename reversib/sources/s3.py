@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from reversib.queues import put_unless
 from reversib.sources.base import (
     CancelToken,
     Capabilities,
@@ -494,6 +495,12 @@ class S3Source(Source):
             raise PermissionError(errno.EPERM, f"refusing to open {path!r}: not a key below the prefix")
         return _ResumingStream(self, self._key(path), offset)  # type: ignore[return-value]
 
+    def _open_raw_range(self, path: str, offset: int, length: int) -> BinaryIO:
+        """An exact `Range: bytes=offset-(offset+length-1)`: no byte after the range leaves the store."""
+        if not path or path.startswith("/") or _bad_segment(path):
+            raise PermissionError(errno.EPERM, f"refusing to open {path!r}: not a key below the prefix")
+        return _ResumingStream(self, self._key(path), offset, offset + length)  # type: ignore[return-value]
+
     def child_dirs(self) -> list[str]:
         import botocore.exceptions as bx
 
@@ -690,13 +697,15 @@ def _transient() -> tuple[type[BaseException], ...]:
 
 
 class _ResumingStream:
-    """One object's bytes from `offset` to the end, resumed with a ranged GET after a broken body."""
+    """One object's bytes from `offset` to the end (or to `stop`, exclusive: an exact `Range`, as for a
+    challenge read), resumed with a ranged GET after a broken body."""
 
-    def __init__(self, source: S3Source, key: str, offset: int) -> None:
+    def __init__(self, source: S3Source, key: str, offset: int, stop: int | None = None) -> None:
         self._src = source
         self._key = key
         self._pos = offset  # the next byte the reader gets
-        self._end: int | None = None  # object size
+        self._range_end = stop
+        self._end: int | None = None  # object size (or `stop` when smaller)
         self._etag: str | None = None
         self._body: Any = None
         self._resumes = 0
@@ -712,15 +721,15 @@ class _ResumingStream:
         self._eof = False
         self._open()
         count = multipart_count(self._etag)
-        if offset == 0 and count and self._end and source.options.part_digests:
+        if offset == 0 and stop is None and count and self._end and source.options.part_digests:
             layout = source.part_layout(key, count, self._end)
             if layout is not None:
                 sizes, checksums = layout
                 self._parts = PartDigests(sizes, ("md5", *checksums))
                 self._expected = {ETAG_KEY: str(self._etag).strip('"').lower(),
                                   **{composite_key(a): v for a, v in checksums.items()}}
-        if (self._end is not None and self._end - offset >= READ_AHEAD_MIN and source.options.read_ahead
-                and source._conn.read_ahead_slots.acquire(blocking=False)):
+        if (self._end is not None and self._end - offset >= READ_AHEAD_MIN and stop is None
+                and source.options.read_ahead and source._conn.read_ahead_slots.acquire(blocking=False)):
             try:
                 self._start_read_ahead()
             except BaseException:
@@ -749,8 +758,8 @@ class _ResumingStream:
 
         src = self._src
         request: dict[str, str] = {"Bucket": src.bucket, "Key": self._key}
-        if self._pos:
-            request["Range"] = f"bytes={self._pos}-"
+        if self._pos or self._range_end is not None:
+            request["Range"] = f"bytes={self._pos}-" + (f"{self._range_end - 1}" if self._range_end is not None else "")
         if self._etag:
             request["IfMatch"] = self._etag
         name = f"s3://{src.bucket}/{self._key}"
@@ -776,7 +785,7 @@ class _ResumingStream:
         self._etag = self._etag or answer.get("ETag")
         body = answer["Body"]
         content_range = str(answer.get("ContentRange") or "")
-        if self._pos and not content_range.startswith(f"bytes {self._pos}-"):
+        if (self._pos or self._range_end is not None) and not content_range.startswith(f"bytes {self._pos}-"):
             # The store ignored the Range header and sent the whole object: skip what was delivered.
             self._end = int(answer["ContentLength"])
             left = self._pos
@@ -790,6 +799,8 @@ class _ResumingStream:
             self._end = int(total) if total.isdigit() else None
         else:
             self._end = self._pos + int(answer["ContentLength"])
+        if self._range_end is not None and self._end is not None:
+            self._end = min(self._end, self._range_end)
         self._body = body
 
     def _resume(self, exc: BaseException) -> None:
@@ -856,13 +867,7 @@ class _ResumingStream:
             self._src._conn.read_ahead_slots.release()
 
     def _put(self, item: bytes | BaseException | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(self._queue, item, self._stop)
 
     def _take(self) -> memoryview | None:
         """The next chunk from the read-ahead thread (None at the end); raises what the thread raised."""

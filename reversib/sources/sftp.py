@@ -52,6 +52,7 @@ from reversib.sources.base import (
     StoredDigests,
 )
 from reversib.sources.sftp_conn import (
+    EXEC_READ,
     REQUEST_SIZE,
     TRANSPORT_ERRORS,
     Conn,
@@ -84,6 +85,7 @@ LISTED_CACHE = 8192  # recently listed regular files: opened without another lst
 HASH_TOOLS = {"md5": "md5sum", "sha1": "sha1sum", "sha224": "sha224sum", "sha256": "sha256sum",
               "sha384": "sha384sum", "sha512": "sha512sum", "blake2b": "b2sum"}
 EXEC_PROBE = b"reversib-exec-ok"
+EXEC_MIN_BYTES = 4 << 20  # smaller files are read over SFTP even with exec_stream (see _worth_a_command)
 REMOTE_HASH_MIN_RATE = 20e6  # bytes/s assumed for the server's hash command when bounding its wait
 
 
@@ -355,9 +357,18 @@ class SftpSource(Source):
         raise OSError(f"not a regular file: {path}")
 
     def _open_raw(self, path: str, offset: int) -> BinaryIO:
-        if self.options.exec_stream and self._exec_available():
+        if self.options.exec_stream and self._worth_a_command(path, offset) and self._exec_available():
             return _ExecStream(self, path, offset)  # type: ignore[return-value]
         return _SftpStream(self, path, offset)  # type: ignore[return-value]
+
+    def _worth_a_command(self, path: str, offset: int) -> bool:
+        """Stream over an exec channel only what is long enough to repay starting a command on the server
+        (a session, a shell and `cat`: 50-200 ms): files listed with EXEC_MIN_BYTES or more left to read.
+        Small files, and files not listed yet (the manifest, read before the listing), go over the SFTP
+        session that is already open."""
+        with self._lock:
+            known = self._listed.get(path)
+        return known is not None and known[1] is not None and known[1] - offset >= EXEC_MIN_BYTES
 
     # -- commands on the server ---------------------------------------------------------------------
     def _exec_available(self) -> bool:
@@ -578,31 +589,34 @@ class _SftpStream(_Stream):
 
     def _issue(self, offset: int, length: int) -> int:
         assert self.conn is not None
-        num: int = self.conn.sftp._async_request(self.box, CMD_READ, self.handle, int64(offset), int(length))
+        (num,) = self.conn.send(self.box, (CMD_READ, self.handle, int64(offset), int(length)))
         return num
 
     def _fill(self) -> None:
-        while len(self.pending) < self.window:
+        """Top the window up; the new READs leave in one SSH packet."""
+        wanted: list[tuple[int, int]] = []
+        while len(self.pending) + len(wanted) < self.window:
             hint = self.size_hint
             if hint is not None and self.next_off >= hint:
                 if self.probing:  # one request past the expected end tells EOF (or growth)
-                    return
+                    break
                 self.probing = True
                 length = REQUEST_SIZE
             else:
                 length = REQUEST_SIZE if hint is None else min(REQUEST_SIZE, hint - self.next_off)
-            self.pending.append((self._issue(self.next_off, length), self.next_off, length))
+            wanted.append((self.next_off, length))
             self.next_off += length
+        if wanted:
+            assert self.conn is not None
+            nums = self.conn.send(self.box, *[(CMD_READ, self.handle, int64(o), int(n)) for o, n in wanted])
+            self.pending.extend((num, o, n) for num, (o, n) in zip(nums, wanted, strict=True))
 
     def _next(self) -> bytes | None:
         assert self.conn is not None
-        sftp = self.conn.sftp
         self._fill()
         num, off, length = self.pending[0]
-        while num not in self.box.got:
-            sftp._read_response()
+        t, msg = self.conn.wait(self.box, num)
         self.pending.popleft()
-        t, msg = self.box.got.pop(num)
         if t == CMD_STATUS:
             eof, err = status_error(msg)
             if err is not None:
@@ -627,7 +641,9 @@ class _SftpStream(_Stream):
         if conn is None or conn.broken:
             return
         try:
-            conn.request(CMD_CLOSE, self.handle)
+            # Not waited for, and sent with the next request on this session (its answer is dropped when it
+            # comes): a round trip and an SSH packet saved per file.  The server handles requests in order.
+            conn.defer(CMD_CLOSE, self.handle)
         except TRANSPORT_ERRORS:
             conn.broken = True
 
@@ -647,12 +663,16 @@ class _ExecStream(_Stream):
         self.chan = conn.exec(cmd.encode("utf-8", "surrogateescape"), self.src.options.idle_timeout)
 
     def _next(self) -> bytes | None:
-        data: bytes = self.chan.recv(1 << 20)
+        # Take all that is buffered (EXEC_READ is the channel's whole window): paramiko's buffer is an array
+        # whose front is deleted after each read, so a smaller read from a full buffer moves the rest each time.
+        data: bytes = self.chan.recv(EXEC_READ)
         if data:
             return data
         if not self.chan.status_event.wait(self.src.options.idle_timeout):
             raise TimeoutError("no exit status from cat")
         code = self.chan.recv_exit_status()
+        if code == -1:  # closed without an exit status: the connection was cut; resume on a new one
+            raise EOFError("the connection closed before cat finished")
         if code != 0:
             err = self.chan.recv_stderr(4096).decode("utf-8", "replace").strip()
             raise ServerStatus(None, f"cat on the server failed (exit {code}): {err[:200]}")

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import stat as statmod
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from paramiko.sftp import (
     CMD_STAT,
     CMD_STATUS,
     SFTP_EOF,
+    int64,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
@@ -45,7 +47,13 @@ log = logging.getLogger("reversib.sftp")
 
 REQUEST_SIZE = 128 << 10  # bytes per SFTP read request (OpenSSH serves up to ~255 KiB)
 WINDOW_SIZE = 16 << 20  # SSH channel window of an SFTP session
-MAX_PACKET = 32 << 10  # SSH packet payload (paramiko's maximum that OpenSSH accepts without fuss)
+# Largest SSH packet payload the server may send us on a channel.  paramiko's default (32 KiB) splits each
+# 128 KiB SFTP answer in five packets and makes a `cat` stream cost one Python packet round per 32 KiB;
+# 252 KiB (under OpenSSH's 256 KiB packet limit, headers included) halves the server's and our CPU per byte.
+MAX_PACKET = 252 << 10
+READ_BUFFER = 4 << 20  # bytes taken at once from an SFTP channel's buffer (READs in flight: at most 4 MiB)
+EXEC_WINDOW = 8 << 20  # SSH channel window of a `cat` stream
+EXEC_READ = EXEC_WINDOW  # bytes taken at once from an exec channel's buffer: all of it (see _ExecStream)
 REKEY_BYTES = 1 << 40  # paramiko #822: a client-side re-key during a long transfer can stall; defer it
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
 KEY_TYPE_ALGORITHMS = {
@@ -211,20 +219,104 @@ def server_status(code: int | None, text: str) -> ServerStatus:
 
 @dataclass(eq=False)
 class Conn:
+    """One SSH connection and its SFTP session, used by one thread at a time.
+
+    Requests are framed here rather than by paramiko's SFTPClient (whose bookkeeping, `request_number` and
+    `_expecting`, is kept): several requests go out in one SSH packet (a file's READs; a CLOSE whose
+    answer nobody waits for rides with the next request), and answers are cut from everything the channel
+    has buffered at once.  Small files cost two SSH packets each way instead of four, and half the waits.
+    """
+
     transport: Any
     sftp: Any
     created: float = field(default_factory=time.monotonic)
     broken: bool = False
+    _rbuf: bytearray = field(default_factory=bytearray)
+    _deferred: list[bytes] = field(default_factory=list)
+
+    def send(self, box: Any, *requests: tuple[Any, ...]) -> list[int]:
+        """Send `requests` ((type, *args) each) in one SSH packet, with any deferred request before them;
+        their answers go to `box._async_response` (None: answers dropped).  Returns the request ids."""
+        parts, self._deferred = self._deferred, []
+        nums = [self._frame(parts, box, r) for r in requests]
+        if parts:
+            self.sftp.sock.sendall(b"".join(parts))
+        return nums
+
+    def defer(self, t: int, *args: Any) -> None:
+        """A request whose answer nobody waits for (a CLOSE): sent with the next `send` on this session (an
+        idle session keeps it until then, or until it is closed, which closes the handle too)."""
+        self._frame(self._deferred, None, (t, *args))
+
+    def _frame(self, out: list[bytes], box: Any, request: tuple[Any, ...]) -> int:
+        sftp = self.sftp
+        t, *args = request
+        msg = paramiko.Message()
+        with sftp._lock:
+            num: int = sftp.request_number
+            sftp.request_number += 1
+            sftp._expecting[num] = box if box is not None else type(None)
+        msg.add_int(num)
+        for item in args:
+            if isinstance(item, int64):
+                msg.add_int64(item)
+            elif isinstance(item, int):
+                msg.add_int(item)
+            elif isinstance(item, SFTPAttributes):
+                item._pack(msg)
+            else:
+                msg.add_string(item)
+        body = msg.asbytes()
+        out.append(struct.pack(">IB", len(body) + 1, t) + body)
+        return num
+
+    def pump(self) -> None:
+        """Wait for at least one complete SFTP answer, then hand every complete answer buffered to its box."""
+        buf = self._rbuf
+        while True:
+            if len(buf) >= 4:
+                size = struct.unpack_from(">I", buf)[0]
+                if len(buf) >= 4 + size:
+                    break
+            data = self.sftp.sock.recv(READ_BUFFER)  # socket.timeout after idle_timeout
+            if not data:
+                raise paramiko.SSHException("Server connection dropped: end of stream")
+            buf += data
+        sftp = self.sftp
+        pos = 0
+        answers: list[tuple[Any, int, Any, int]] = []
+        with sftp._lock:
+            while len(buf) - pos >= 4:
+                size = struct.unpack_from(">I", buf, pos)[0]
+                if len(buf) - pos < 4 + size:
+                    break
+                t = buf[pos + 4]
+                msg = paramiko.Message(bytes(memoryview(buf)[pos + 5:pos + 4 + size]))
+                pos += 4 + size
+                num = msg.get_int()
+                box = sftp._expecting.pop(num, None)
+                if box is not None and box is not type(None):
+                    answers.append((box, t, msg, num))
+        del buf[:pos]
+        for box, t, msg, num in answers:
+            box._async_response(t, msg, num)
+
+    def wait(self, box: Responses, num: int) -> tuple[int, Any]:
+        while num not in box.got:
+            self.pump()
+        return box.got.pop(num)
 
     def request(self, t: int, *args: Any) -> Any:
-        """One synchronous SFTP request; a server error status becomes ServerStatus."""
-        try:
-            _, msg = self.sftp._request(t, *args)
-        except OSError as exc:
-            if isinstance(exc, TimeoutError | ConnectionError) or self.sftp.sock.closed:
-                raise  # the connection failed, not the request
-            # paramiko's IOError(errno, text) for an error status
-            raise server_status(exc.errno, exc.strerror or str(exc)) from None
+        """One SFTP request, waited for; a server error status becomes ServerStatus."""
+        box = Responses()
+        (num,) = self.send(box, (t, *args))
+        rt, msg = self.wait(box, num)
+        if rt == CMD_STATUS:
+            eof, err = status_error(msg)
+            if err is not None:
+                raise err
+            if eof:
+                raise EOFError("end of file")
         return msg
 
     def lstat(self, path: str) -> SFTPAttributes:
@@ -241,19 +333,16 @@ class Conn:
 
     def listdir(self, path: str, read_aheads: int = 16) -> list[tuple[str, SFTPAttributes]]:
         """Every name in a folder with its lstat attributes (READDIR requests pipelined)."""
-        sftp = self.sftp
         msg = self.request(CMD_OPENDIR, fs_path(path))
         handle = msg.get_binary()
         out: list[tuple[str, SFTPAttributes]] = []
         box = Responses()
         try:
-            pending = [sftp._async_request(box, CMD_READDIR, handle) for _ in range(read_aheads)]
+            pending = self.send(box, *[(CMD_READDIR, handle)] * read_aheads)
             done = False
             while pending:
                 num = pending.pop(0)
-                while num not in box.got:
-                    sftp._read_response()
-                t, rmsg = box.got.pop(num)
+                t, rmsg = self.wait(box, num)
                 if done:
                     continue
                 if t == CMD_STATUS:
@@ -270,11 +359,11 @@ class Conn:
                     attrs = SFTPAttributes._from_msg(rmsg)
                     if name not in (".", ".."):
                         out.append((name, attrs))
-                pending.append(sftp._async_request(box, CMD_READDIR, handle))
+                pending += self.send(box, (CMD_READDIR, handle))
         finally:
             if not self.broken:
                 with suppress(*TRANSPORT_ERRORS):
-                    self.request(CMD_CLOSE, handle)
+                    self.defer(CMD_CLOSE, handle)
         return out
 
     def readlink(self, path: str) -> str:
@@ -284,7 +373,7 @@ class Conn:
         return fs_name(msg.get_string())
 
     def exec(self, command: bytes, timeout: float) -> Any:
-        chan = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=timeout)
+        chan = self.transport.open_session(window_size=EXEC_WINDOW, max_packet_size=MAX_PACKET, timeout=timeout)
         chan.settimeout(timeout)
         chan.exec_command(command)
         return chan

@@ -39,9 +39,12 @@ def psql_admin(db: str, sql: str) -> str:
 
 
 def scratch_dbs(pg_admin: sa.Engine) -> list[str]:
+    """The scratch databases of the tests' restore role (not those of a benchmark or another session's
+    role running on the same server at the same time)."""
     with pg_admin.connect() as conn:
         return [r[0] for r in conn.exec_driver_sql(
-            "SELECT datname FROM pg_database WHERE datname ~ '^reversib_restore_'")]
+            "SELECT datname FROM pg_database WHERE datname ~ '^reversib_restore_' "
+            f"AND pg_get_userbyid(datdba) = '{RESTORE_ROLE}'")]
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +104,7 @@ def restore_env(restore_role: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def run_dumps(tmp: Path, files: dict[str, Path | bytes], dumps: list[dict[str, Any]],
-              history: Path | None = None) -> tuple[int, dict[str, Any]]:
+              history: Path | None = None, args: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
     """An export holding `files` (a manifest by the real sha256sum), a check with `dumps`, run through the CLI."""
     export = tmp / "export"
     if export.exists():
@@ -125,7 +128,7 @@ def run_dumps(tmp: Path, files: dict[str, Path | bytes], dumps: list[dict[str, A
     cfg = tmp / "config" / "reversib.yaml"
     cfg.parent.mkdir(exist_ok=True)
     cfg.write_text(yaml.safe_dump({"version": 1, "checks_dir": "../checks"}))
-    return verify_json(["--config", str(cfg), "db"], history or tmp / "h.db")
+    return verify_json(["--config", str(cfg), "db", *args], history or tmp / "h.db")
 
 
 def kinds(doc: dict[str, Any], severity: str | None = None) -> list[str]:
@@ -137,6 +140,11 @@ def finding(doc: dict[str, Any], kind: str) -> dict[str, Any]:
     found = [f for r in doc["runs"] for f in r["findings"] if f["kind"] == kind]
     assert len(found) == 1, found
     return found[0]
+
+
+def directory_files(folder: Path, prefix: str) -> dict[str, Path | bytes]:
+    """The files of a `pg_dump -Fd` folder, keyed `prefix/<name>` (for `run_dumps`)."""
+    return {f"{prefix}/{f.name}": f for f in sorted(folder.iterdir())}
 
 
 def unique() -> str:

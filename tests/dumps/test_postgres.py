@@ -255,14 +255,12 @@ def test_live_run_keeps_its_scratch_database(tmp_path: Path, restore_env: str, p
                                source="s", manifest=None)
     target = parse_target(os.environ[restore_env])
     name = f"reversib_restore_{run_id}"
-    with pg_admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    with pg_admin.connect() as conn:  # owned by the restore role, as reversib's own would be: it could drop it
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" OWNER reversib_restore_test')
     try:
         assert pg_remove_dead(target, history, pg_preflight(target, CancelToken()).scratch) == []
         assert name in scratch_dbs(pg_admin)
         history.mark_interrupted(run_id, "test")
-        with pg_admin.connect() as conn:  # owned by the restore role, as reversib's own would be
-            conn.exec_driver_sql(f'ALTER DATABASE "{name}" OWNER TO reversib_restore_test')
         assert pg_remove_dead(target, history, pg_preflight(target, CancelToken()).scratch) == [name]
     finally:
         with pg_admin.connect() as conn:

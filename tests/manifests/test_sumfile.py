@@ -286,3 +286,43 @@ def test_readable_through_the_source_only(export: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("builtins.open", refuse)
     assert parse(export, "SUMS").entries
     assert os.path.exists(export / "SUMS")
+
+
+@pytest.mark.parametrize("hint", ["auto", "sha256sum", "md5sum", "b2sum", "sha512sum", "bsd"])
+def test_fast_path_agrees_with_parse_line(tmp_path: Path, hint: str) -> None:
+    """parse_sumfile takes a shortcut for plain `hex  name` lines: every line must give what parse_line gives."""
+    from reversib.manifests.base import ManifestEntry, path_problem
+    from reversib.manifests.sumfile import SUM_FORMATS, _BadLine, parse_line
+
+    context = SUM_FORMATS.get(hint)
+    lines = [b"a" * 64 + b"  plain.csv", b"b" * 64 + b" *binary.bin", b"c" * 32 + b"  md5.txt",
+             b"d" * 40 + b"  sha1 name with  spaces", b"e" * 128 + b"  long.bin", b"f" * 16 + b"  short-b2",
+             b"0" * 64 + b"   leading-space-name", b"1" * 64 + b"  ./dot/slash", b"2" * 64 + b"  tab\tname",
+             b"3" * 64 + b"  back\\slash", b"4" * 64 + b"  \xc3\xa9t\xc3\xa9", b"5" * 64 + b"  bad\xffutf8",
+             b"6" * 63 + b"  odd", b"7" * 64 + b"  cr\rinside", b"A" * 64 + b"  upper", b"8" * 64 + b"\tname",
+             b"9" * 64 + b" x", b"SHA256 (tagged) = " + b"a" * 64]
+    for i, line in enumerate(lines):
+        (tmp_path / "SUMS").write_bytes(line + b"\n")
+        try:
+            expected: tuple[ManifestEntry, str] | str | None = parse_line(line, context, 1, "SUMS")
+        except _BadLine as exc:
+            expected = exc.reason
+        except ManifestError as exc:
+            expected = str(exc)
+        try:
+            m = parse_sumfile(LocalSource(tmp_path), "SUMS", format_hint=hint)
+        except ManifestError as exc:
+            assert isinstance(expected, str), (i, line, exc)
+            continue
+        if isinstance(expected, str):
+            assert not m.entries and m.findings, (i, line)
+            assert expected in " ".join(str(f.actual) for f in m.findings), (i, line)
+            continue
+        assert expected is not None
+        entry, kind = expected
+        entry.line = None
+        if path_problem(entry.path):  # finalize drops it with a finding, whichever path parsed it
+            assert not m.entries and [f.kind for f in m.findings] == [FindingKind.UNSAFE_PATH], (i, line)
+            continue
+        assert m.entries == [entry] and not m.findings, (i, line)
+        assert m.format == (hint if hint != "auto" else kind), (i, line)

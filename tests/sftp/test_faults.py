@@ -175,3 +175,17 @@ def test_export_still_being_written_defers_with_stable_for(sshd: Sshd, tmp_path:
     code, doc = run_sftp_check(tmp_path, sshd.url(root), sshd.options(), manifest={"path": "SHA256SUMS"},
                                completion={"stable_for": "500ms"})
     assert (code, doc["outcome"]) == (0, "passed"), doc
+
+
+@pytest.mark.timeout(60)
+def test_cut_mid_exec_stream_resumes_with_tail(sshd: Sshd, proxy: FaultProxy, via_proxy: dict[str, Any],
+                                               big_export: Path, caplog: pytest.LogCaptureFixture) -> None:
+    proxy.fault.mode, proxy.fault.after, proxy.fault.only_connection = "cut", 9 * 1024 * 1024, 1
+    src = SftpSource(sshd.url(big_export, proxy.port), SftpOptions(**via_proxy, exec_stream=True))
+    with caplog.at_level(logging.WARNING, "reversib.sftp"), src:
+        list(src.iter_entries())  # listed: big enough to be streamed with `cat`
+        with src.open_range("big.bin") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+    assert got == hashlib.sha256((big_export / "big.bin").read_bytes()).hexdigest()
+    assert proxy.faults_applied == 1 and proxy.connections == 2
+    assert any("resuming on a new connection" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,523 @@
+"""Archives on a local export: plain and encrypted pass; break one thing, expect exactly one finding."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reversib.config import ConfigError, DefaultsConfig, load_check
+from reversib.model import Outcome, Tier
+from tests.archives.conftest import (
+    FILES,
+    age_encrypt,
+    archive_check,
+    gpg_encrypt,
+    kinds,
+    make_tar,
+    make_tree,
+    make_zip,
+    need,
+    run,
+)
+from tests.helpers import flip_byte
+
+
+def _drop(tmp_path: Path) -> Path:
+    d = tmp_path / "drop"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.mark.parametrize("compression", ["none", "gz", "zst", "xz", "bz2"])
+def test_a_good_tar_passes(tmp_path: Path, compression: str) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    make_tar(tree, drop / f"acme.tar.{compression}")
+    result = run(archive_check(drop, {"path": "acme.tar.*"}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert result.tiers == {Tier.DOWNLOADED.value: len(FILES)}
+    assert result.bytes_verified == sum(len(v) for v in FILES.values())
+
+
+def test_a_good_zip_passes(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    make_zip(tree, drop / "acme.zip")
+    result = run(archive_check(drop, {"path": "acme.zip"}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert result.tiers == {"downloaded": len(FILES)}
+
+
+def test_an_age_encrypted_tar_zst_passes_and_the_outer_digest_is_checked_in_one_read(
+        tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    plain = make_tar(tree, tmp_path / "acme.tar.zst")
+    enc = age_encrypt(plain, age_keys["customer"]["recipient"], drop / "acme-2026-11-28.tar.zst.age")
+    (drop / "SHA256SUMS").write_text(f"{hashlib.sha256(enc.read_bytes()).hexdigest()}  {enc.name}\n")
+    check = archive_check(drop, {"path": "acme-*.tar.zst.age",
+                                 "decrypt": {"identity_file": str(age_keys["customer"]["identity"])}},
+                          manifest={"path": "SHA256SUMS"})
+    result = run(check, tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert result.files_verified == len(FILES) + 1  # every member, and the archive file itself
+
+    # the outer digest is wrong: exactly one finding, on the archive file; the members still verify
+    (drop / "SHA256SUMS").write_text(f"{'0' * 64}  {enc.name}\n")
+    result = run(check, tmp_path)
+    assert kinds(result) == [("digest_mismatch", enc.name)]
+
+
+def test_the_archive_file_is_read_once(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    from reversib.archives.check import verify_archive
+    from reversib.archives.options import ArchiveConfig
+    from reversib.manifests import load_manifest
+    from reversib.sources.local import LocalSource
+    from reversib.verify import VerifyOptions
+
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    enc = age_encrypt(make_tar(tree, tmp_path / "a.tar.zst"), age_keys["customer"]["recipient"], drop / "a.age")
+    (drop / "SHA256SUMS").write_text(f"{hashlib.sha256(enc.read_bytes()).hexdigest()}  a.age\n")
+    export = LocalSource(str(drop))
+    outer = load_manifest(export, "SHA256SUMS")
+    cfg = ArchiveConfig(path="a.age", decrypt={"identity_file": str(age_keys["customer"]["identity"])})
+    verdict = verify_archive(cfg, export, "a.age", outer, VerifyOptions(own_paths=frozenset({"SHA256SUMS"})))
+    assert verdict.reads == 1
+    assert verdict.archive.compressed_bytes == enc.stat().st_size  # every byte read once, no more
+    assert not verdict.report.findings
+
+
+def test_a_gpg_encrypted_archive_passes(tmp_path: Path, gpg_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    gpg_encrypt(make_tar(tree, tmp_path / "acme.tar.gz", "gz"), gpg_keys, "customer", drop / "acme.tar.gz.gpg")
+    check = archive_check(drop, {"path": "acme.tar.gz.gpg",
+                                 "decrypt": {"identity_file": str(gpg_keys["customer"]["secret"])}})
+    result = run(check, tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+
+
+# -- the corruption matrix, inside the archive -------------------------------------------------------
+def _matrix_case(tree: Path, case: str) -> str:
+    if case == "missing":
+        (tree / "crm/deals.json").unlink()
+        return "crm/deals.json"
+    if case == "unexpected":
+        (tree / "crm/extra.txt").write_bytes(b"not listed\n")
+        return "crm/extra.txt"
+    if case == "size_mismatch":
+        (tree / "crm/deals.json").write_bytes(b"{}\n")
+        return "crm/deals.json"
+    if case == "digest_mismatch":  # same length, one flipped bit
+        flip_byte(tree / "mail/2026/inbox.mbox", 100)
+        return "mail/2026/inbox.mbox"
+    if case == "appended":
+        with open(tree / "crm/contacts.csv", "ab") as f:
+            f.write(b"x")
+        return "crm/contacts.csv"
+    if case == "truncated":
+        os.truncate(tree / "docs/contrat signé.pdf", 100)
+        return "docs/contrat signé.pdf"
+    if case == "name_normalization":
+        src = tree / "docs/contrat signé.pdf"
+        src.rename(src.with_name(unicodedata.normalize("NFD", src.name)))
+        return "docs/contrat signé.pdf"
+    raise AssertionError(case)
+
+
+MATRIX = {"missing": "missing", "unexpected": "unexpected", "size_mismatch": "size_mismatch",
+          "digest_mismatch": "digest_mismatch", "appended": "size_mismatch", "truncated": "size_mismatch",
+          "name_normalization": "name_normalization"}
+
+
+@pytest.mark.parametrize("case", list(MATRIX))
+@pytest.mark.parametrize("container", ["tar.zst.age", "zip"])
+def test_corruption_matrix_inside_the_archive(tmp_path: Path, age_keys: dict[str, Any], case: str,
+                                              container: str) -> None:
+    from reversib.manifests.create import create_manifest
+
+    tree = make_tree(tmp_path, manifest=False)  # reversib's JSON manifest: sizes and digests
+    create_manifest(tree, "json", tmp_path / "m.json")
+    (tmp_path / "m.json").rename(tree / "reversib-manifest.json")
+    path = _matrix_case(tree, case)
+    drop = _drop(tmp_path)
+    decrypt: dict[str, Any] = {}
+    if container == "zip":
+        make_zip(tree, drop / "x.zip")
+        name = "x.zip"
+    else:
+        name = "x.tar.zst.age"
+        age_encrypt(make_tar(tree, tmp_path / "x.tar.zst"), age_keys["customer"]["recipient"], drop / name)
+        decrypt = {"identity_file": str(age_keys["customer"]["identity"])}
+    result = run(archive_check(drop, {"path": name, "decrypt": decrypt}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [(MATRIX[case], f"{name}!/{path}")]
+
+
+# -- the layers under the archive ------------------------------------------------------------------------
+def test_a_truncated_archive_is_archive_corrupt(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    arc = make_tar(tree, drop / "t.tar.zst")
+    data = arc.read_bytes()
+    arc.write_bytes(data[: len(data) // 2])
+    result = run(archive_check(drop, {"path": "t.tar.zst"}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert [k for k, _ in kinds(result)] == ["archive_corrupt"]
+
+
+def test_a_flipped_byte_in_the_ciphertext_is_ciphertext_corrupt(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    enc = age_encrypt(make_tar(tree, tmp_path / "c.tar.zst"), age_keys["customer"]["recipient"], drop / "c.age")
+    flip_byte(enc, enc.stat().st_size // 2)
+    result = run(archive_check(drop, {"path": "c.age",
+                                      "decrypt": {"identity_file": str(age_keys["customer"]["identity"])}}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [("ciphertext_corrupt", "c.age")]
+
+
+def test_a_flipped_byte_in_gpg_ciphertext_is_ciphertext_corrupt(tmp_path: Path, gpg_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    enc = gpg_encrypt(make_tar(tree, tmp_path / "c.tar", "none"), gpg_keys, "customer", drop / "c.tar.gpg")
+    flip_byte(enc, enc.stat().st_size - 200)
+    result = run(archive_check(drop, {"path": "c.tar.gpg",
+                                      "decrypt": {"identity_file": str(gpg_keys["customer"]["secret"])}}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [("ciphertext_corrupt", "c.tar.gpg")]
+
+
+def test_the_wrong_age_key_is_decrypt_failed(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "w.tar.zst"), age_keys["other"]["recipient"], drop / "w.age")
+    result = run(archive_check(drop, {"path": "w.age",
+                                      "decrypt": {"identity_file": str(age_keys["customer"]["identity"])}}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [("decrypt_failed", "w.age")]
+
+
+def test_an_archive_encrypted_to_someone_else_names_the_key(tmp_path: Path, gpg_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    gpg_encrypt(make_tar(tree, tmp_path / "o.tar.zst"), gpg_keys, "other", drop / "o.gpg")
+    result = run(archive_check(drop, {"path": "o.gpg",
+                                      "decrypt": {"identity_file": str(gpg_keys["customer"]["secret"])}}), tmp_path)
+    assert kinds(result) == [("decrypt_failed", "o.gpg")]
+    [finding] = [f for f in result.findings if f.kind.value == "decrypt_failed"]
+    assert "encrypted to OpenPGP key" in finding.actual
+
+
+def test_a_missing_key_file_is_could_not_verify_not_a_failure(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "k.tar.zst"), age_keys["customer"]["recipient"], drop / "k.age")
+    result = run(archive_check(drop, {"path": "k.age", "decrypt": {"identity_file": str(tmp_path / "nope.key")}}),
+                 tmp_path)
+    assert result.outcome is Outcome.ERROR
+    assert "nope.key" in (result.error or "")
+
+
+# -- hostile archives ------------------------------------------------------------------------------------------
+def _tar_with(members: list[tarfile.TarInfo], data: dict[str, bytes], out: Path) -> Path:
+    with tarfile.open(out, "w") as tar:
+        for ti in members:
+            payload = data.get(ti.name)
+            if payload is not None:
+                ti.size = len(payload)
+            tar.addfile(ti, io.BytesIO(payload) if payload is not None else None)
+    return out
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.linkname = link
+    return ti
+
+
+def _listed(data: dict[str, bytes]) -> bytes:
+    return "".join(f"{hashlib.sha256(v).hexdigest()}  {k}\n" for k, v in sorted(data.items())).encode()
+
+
+@pytest.mark.parametrize(("member", "path"), [
+    (_member("../x"), "../x"),
+    (_member("/etc/x"), "/etc/x"),
+    (_member("root", tarfile.SYMTYPE, "/"), "root"),
+    (_member("up", tarfile.SYMTYPE, "../../etc/passwd"), "up"),
+    (_member("hard", tarfile.LNKTYPE, "/etc/passwd"), "hard"),
+    (_member("dev", tarfile.CHRTYPE), "dev"),
+])
+def test_hostile_members_are_findings_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             member: tarfile.TarInfo, path: str) -> None:
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    drop = _drop(tmp_path)
+    good = {"ok.txt": b"fine\n"}
+    data = {**good, "SHA256SUMS": _listed(good)}
+    if member.isreg():
+        data[member.name] = b"evil\n"
+    members = [_member("SHA256SUMS"), _member("ok.txt"), member]
+    _tar_with(members, data, drop / "h.tar")
+    before = {p for p in tmp_path.rglob("*")}
+    result = run(archive_check(drop, {"path": "h.tar"}), tmp_path)
+    assert kinds(result) == [("unsafe_path", f"h.tar!/{path}")]
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert {p.name for p in created} <= {"history.db", "history.db-journal", "history.db-wal", "history.db-shm"}
+    assert not (tmp_path / "work" / "x").exists()
+
+
+def test_a_member_twice_is_duplicate_entry(tmp_path: Path) -> None:
+    drop = _drop(tmp_path)
+    good = {"a.txt": b"second\n"}
+    members = [_member("SHA256SUMS"), _member("a.txt"), _member("a.txt")]
+    with tarfile.open(drop / "d.tar", "w") as tar:
+        for ti, payload in zip(members, [_listed(good), b"first\n", b"second\n"], strict=True):
+            ti.size = len(payload)
+            tar.addfile(ti, io.BytesIO(payload))
+    result = run(archive_check(drop, {"path": "d.tar"}), tmp_path)
+    assert kinds(result) == [("duplicate_entry", "d.tar!/a.txt")]
+
+
+def test_a_zip_bomb_stops_at_the_limit(tmp_path: Path) -> None:
+    need("zip")
+    src = tmp_path / "bomb"
+    src.mkdir()
+    with open(src / "zeros.bin", "wb") as f:
+        f.truncate(200 << 20)  # 200 MiB of zeros: about 200 KiB deflated
+    drop = _drop(tmp_path)
+    make_zip(src, drop / "bomb.zip")
+    assert (drop / "bomb.zip").stat().st_size < 1 << 20
+    result = run(archive_check(drop, {"path": "bomb.zip", "limits": {"max_ratio": 100}}), tmp_path)
+    assert kinds(result) == [("archive_limit", "bomb.zip")]
+
+
+def test_a_tar_bomb_stops_at_the_total_size_limit(tmp_path: Path) -> None:
+    src = tmp_path / "bomb"
+    src.mkdir()
+    with open(src / "zeros.bin", "wb") as f:
+        f.truncate(50 << 20)
+    drop = _drop(tmp_path)
+    make_tar(src, drop / "bomb.tar.gz", "gz")
+    result = run(archive_check(drop, {"path": "bomb.tar.gz", "limits": {"max_total_size": "10MiB"}}), tmp_path)
+    assert kinds(result) == [("archive_limit", "bomb.tar.gz")]
+
+
+# -- configuration ----------------------------------------------------------------------------------------------
+def test_archive_configuration_errors_are_precise(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\nsource: {url: /data}\narchive:\n  path: a.tar\n  format: rar\n"
+                   "  decrypt: {identity_file: k, gnupg_home: /g}\n")
+    errors: list[str] = []
+    assert load_check(bad, DefaultsConfig(), errors) is None
+    text = "\n".join(errors)
+    assert "unknown archive format 'rar'" in text
+    assert "give one of identity_file, identity_env, gnupg_home" in text
+    with pytest.raises(ConfigError):
+        raise ConfigError(errors)
+
+
+def test_a_key_file_is_relative_to_the_check_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("version: 1\nname: x\nsource: {url: ./drop}\n"
+                 "archive: {path: a.age, decrypt: {identity_file: k.txt}}\n")
+    check = load_check(f, DefaultsConfig(), [])
+    assert check is not None and check.archive is not None
+    assert check.archive.decrypt.identity_file == str(tmp_path / "k.txt")
+
+
+def test_the_age_identity_may_come_from_the_environment(tmp_path: Path, age_keys: dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "e.tar.zst"), age_keys["customer"]["recipient"], drop / "e.age")
+    monkeypatch.setenv("ACME_AGE_KEY", age_keys["customer"]["identity"].read_text())
+    result = run(archive_check(drop, {"path": "e.age", "decrypt": {"identity_env": "ACME_AGE_KEY"}}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert os.environ["ACME_AGE_KEY"] not in repr(result.findings)
+
+
+def test_a_single_top_level_folder_is_the_archive_root(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    with tarfile.open(drop / "r.tgz", "w:gz") as tar:
+        tar.add(tree, arcname="export-2026-11-28")
+    result = run(archive_check(drop, {"path": "r.tgz"}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+
+
+
+def test_check_config_connect_finds_the_archive_and_its_key(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    import datetime as dt
+
+    from reversib.archives.check import preflight
+    from reversib.archives.options import ArchiveConfig
+    from reversib.sources.local import LocalSource
+
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "p.tar.zst"), age_keys["customer"]["recipient"], drop / "p-2026-11-28.age")
+    export = LocalSource(str(drop))
+    now = dt.datetime(2026, 11, 28, 9, tzinfo=dt.timezone.utc).timestamp()
+    key = str(age_keys["customer"]["identity"])
+    ok = ArchiveConfig(path="p-%Y-%m-%d.age", decrypt={"identity_file": key})
+    assert preflight(ok, export, dt.timezone.utc, now) is None
+    assert "no archive matching" in (preflight(ok, export, dt.timezone.utc, now - 86400) or "")  # not yet
+    nokey = ArchiveConfig(path="p-*.age")
+    assert "set archive.decrypt.identity_file" in (preflight(nokey, export, dt.timezone.utc, now) or "")
+    gone = ArchiveConfig(path="p-*.age", decrypt={"identity_file": str(tmp_path / "gone.key")})
+    assert "gone.key" in (preflight(gone, export, dt.timezone.utc, now) or "")
+
+
+def test_a_cancelled_run_is_interrupted_and_leaves_no_process(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    from reversib.history import History
+    from reversib.model import RunState
+    from reversib.runner import run_check
+    from reversib.sources.base import CancelToken
+
+    tree = make_tree(tmp_path, {f"f{i}.bin": os.urandom(2 << 20) for i in range(8)})
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "c.tar.zst"), age_keys["customer"]["recipient"], drop / "c.age")
+    cancel = CancelToken()
+
+    class Progress:
+        seen = 0
+
+        def start(self, check: str, total_bytes: int | None, total_files: int) -> None: ...
+
+        def advance(self, nbytes: int, nfiles: int) -> None:
+            self.seen += nbytes
+            if self.seen > 4 << 20:
+                cancel.cancel("SIGTERM")
+
+        def close(self) -> None: ...
+
+    check = archive_check(drop, {"path": "c.age", "decrypt": {"identity_file": str(age_keys["customer"]["identity"])}})
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        result = run_check(check, history, cancel=cancel, progress=Progress())
+    assert result.state is RunState.INTERRUPTED and result.outcome is Outcome.ERROR
+    assert "age" not in _children()
+
+
+def _children() -> list[str]:
+    """Names of this process's child processes (from /proc)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1: text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if int(rest[1]) == os.getpid():
+            names.append(name)
+    return names
+
+
+def test_a_truncated_encrypted_archive_is_ciphertext_corrupt(tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    enc = age_encrypt(make_tar(tree, tmp_path / "t.tar.zst"), age_keys["customer"]["recipient"], drop / "t.age")
+    os.truncate(enc, enc.stat().st_size - 1000)
+    result = run(archive_check(drop, {"path": "t.age",
+                                      "decrypt": {"identity_file": str(age_keys["customer"]["identity"])}}), tmp_path)
+    assert kinds(result) == [("ciphertext_corrupt", "t.age")]
+
+
+def test_a_flipped_byte_in_the_zstd_stream_is_archive_corrupt(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    arc = make_tar(tree, drop / "z.tar.zst")
+    flip_byte(arc, arc.stat().st_size // 2)
+    result = run(archive_check(drop, {"path": "z.tar.zst"}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert [k for k, _ in kinds(result)] == ["archive_corrupt"]
+
+
+def test_a_passphrase_encrypted_gpg_archive_opens_with_the_passphrase(tmp_path: Path,
+                                                                     gpg_keys: dict[str, Any]) -> None:
+    from tests.archives.conftest import sh
+
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    plain = make_tar(tree, tmp_path / "s.tar.gz", "gz")
+    (tmp_path / "pass.txt").write_text("correct horse\n")
+    sh("gpg", "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase-file", tmp_path / "pass.txt",
+       "-o", drop / "s.tar.gz.gpg", "--symmetric", plain, env=gpg_keys["env"])
+    ok = archive_check(drop, {"path": "s.tar.gz.gpg", "decrypt": {"passphrase_file": str(tmp_path / "pass.txt")}})
+    result = run(ok, tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    (tmp_path / "wrong.txt").write_text("Tr0ub4dor&3\n")
+    bad = archive_check(drop, {"path": "s.tar.gz.gpg", "decrypt": {"passphrase_file": str(tmp_path / "wrong.txt")}})
+    result = run(bad, tmp_path)
+    assert result.outcome is Outcome.ERROR and "passphrase" in (result.error or "")
+    assert "Tr0ub4dor" not in (result.error or "") + repr(result.findings)
+
+
+@pytest.mark.parametrize(("first", "reads"), [(True, 1), (False, 2)])
+def test_a_sha512_manifest_is_read_once_when_it_comes_first(tmp_path: Path, first: bool, reads: int) -> None:
+    from reversib.archives.check import verify_archive
+    from reversib.archives.options import ArchiveConfig
+    from reversib.sources.local import LocalSource
+    from reversib.verify import VerifyOptions
+    from tests.archives.conftest import sh
+    from tests.helpers import run_tool
+
+    tree = make_tree(tmp_path, manifest=False)
+    run_tool(["sha512sum"], tree, "SHA512SUMS")
+    drop = _drop(tmp_path)
+    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file() and p.name != "SHA512SUMS")
+    order = ["SHA512SUMS", *names] if first else [*names, "SHA512SUMS"]
+    sh("tar", "-C", tree, "-cf", drop / "m.tar", "--", *order)
+    verdict = verify_archive(ArchiveConfig(path="m.tar"), LocalSource(str(drop)), "m.tar", None, VerifyOptions())
+    assert verdict.reads == reads
+    assert not verdict.report.findings
+    assert verdict.report.files_verified == len(names)
+
+
+def test_todays_archive_is_due_by_the_deadline(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from reversib.history import History
+    from reversib.runner import run_check
+
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    make_tar(tree, drop / "acme-2026-11-27.tar.gz", "gz")  # yesterday's only
+    check = archive_check(drop, {"path": "acme-%Y-%m-%d.tar.gz"}, expect={"deadline": "06:00"},
+                          timezone="Europe/Paris")
+
+    def at(hour: int) -> float:
+        return dt.datetime(2026, 11, 28, hour, tzinfo=dt.timezone.utc).timestamp()
+
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        early = run_check(check, history, clock=lambda: at(4))
+        late = run_check(check, history, clock=lambda: at(6))
+        make_tar(tree, drop / "acme-2026-11-28.tar.gz", "gz")
+        delivered = run_check(check, history, clock=lambda: at(7))
+    assert early.outcome is Outcome.PASSED, early.findings  # before 06:00 Paris, yesterday's is the one due
+    assert late.outcome is Outcome.FAILED and kinds(late) == [("missing", "acme-2026-11-28.tar.gz")]
+    assert late.files_verified == len(FILES)  # yesterday's, the newest there, is still verified
+    assert delivered.outcome is Outcome.PASSED, delivered.findings
+
+
+def test_the_archive_is_looked_for_in_the_selected_generation(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    for day in ("2026-11-26", "2026-11-27"):
+        (drop / day).mkdir()
+        make_tar(tree, drop / day / "export.tar.zst")
+    flip_byte(drop / "2026-11-26" / "export.tar.zst", 200)  # an old, broken generation is not judged
+    check = archive_check(drop, {"path": "export.tar.zst"}, generation={"pattern": "%Y-%m-%d"})
+    result = run(check, tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert result.generation == "2026-11-27"

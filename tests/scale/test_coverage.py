@@ -1,0 +1,174 @@
+"""Rolling coverage: a budget per run, every entry verified within the period, changed entries first."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from reversib.history import History
+from reversib.manifests.create import create_manifest
+from reversib.metrics import HistoryCollector, ScheduledCheck
+from reversib.model import FindingKind, Outcome
+from reversib.runner import run_check
+from tests.helpers import flip_byte
+from tests.scale.helpers import DAY, T0, Clock, check_config, make_sized_export
+
+N = 40
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    root = tmp_path / "export"
+    make_sized_export(root, N)
+    return root
+
+
+def test_twenty_percent_a_day_covers_every_entry_within_seven_days(tmp_path: Path, export: Path) -> None:
+    check = check_config(export, coverage={"period": "7d", "budget_share": 0.2})
+    clock = Clock()
+    rng = random.Random(1)
+    total = sum(p.stat().st_size for p in export.rglob("*.bin"))
+    max_size = max(p.stat().st_size for p in export.rglob("*.bin"))
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        collector = HistoryCollector(history, lambda: [ScheduledCheck.of(check, T0)], clock=clock)
+        for day in range(21):
+            clock.now = T0 + day * DAY
+            result = run_check(check, history, clock=clock, rng=rng)
+            cov = result.coverage
+            assert cov is not None
+            # Selected entries only are verified; the others are neither verified nor findings.
+            assert result.outcome is Outcome.PASSED and result.findings == []
+            assert result.files_verified == cov["selected_files"] == result.tiers["downloaded"]
+            assert result.files_verified + cov["not_sampled_files"] == N
+            assert result.files_listed == N  # completeness: every entry, every run
+            assert result.bytes_verified == cov["selected_bytes"] <= cov["budget_bytes"] + max_size
+            assert cov["budget_bytes"] <= 0.2 * total + 1
+            assert result.bytes_downloaded is not None and result.bytes_downloaded >= result.bytes_verified
+            states = {s.path: s.verified_at for s in history.entry_states("scale")}
+            if day >= 6:  # 20% a run: the whole export is verified by the sixth run, then kept so
+                assert len(states) == N
+                assert min(states.values()) >= clock.now - 7 * DAY, f"day {day}: an entry is overdue"
+                assert cov["ratio"] == 1.0 and cov["covered_files"] == N
+                metrics = collector.render().decode()
+                assert 'reversib_check_coverage_ratio{check="scale"} 1.0' in metrics
+                assert 'reversib_check_coverage_period_seconds{check="scale"} 604800.0' in metrics
+            elif day <= 3:  # four runs of 20% cannot have covered it all
+                assert cov["ratio"] < 1.0
+        # The run row keeps the figures (what the metrics read).
+        assert history.runs("scale", limit=1)[0].coverage == cov
+
+
+def test_a_changed_entry_is_verified_in_the_very_next_run(tmp_path: Path, export: Path) -> None:
+    check = check_config(export, coverage={"period": "7d", "budget_share": 0.2})
+    clock = Clock()
+    rng = random.Random(2)
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        for day in range(8):
+            clock.now = T0 + day * DAY
+            run_check(check, history, clock=clock, rng=rng)
+        states = {s.path: s.verified_at for s in history.entry_states("scale")}
+        freshest = max(states, key=lambda p: (states[p], p))  # verified in the last run: not due for days
+        (export / freshest).write_bytes(b"a new version of this file\n")
+        create_manifest(export, "json", export.parent / "manifest.json")
+        clock.now += DAY
+        result = run_check(check, history, clock=clock, rng=rng)
+        assert result.outcome is Outcome.PASSED
+        assert result.coverage is not None and result.coverage["changed_files"] == 1
+        after = {s.path: s for s in history.entry_states("scale")}
+        assert after[freshest].verified_at == clock.now and after[freshest].size == 27
+
+
+def test_corruption_of_an_entry_not_sampled_is_found_within_the_period(tmp_path: Path, export: Path) -> None:
+    check = check_config(export, coverage={"period": "7d", "budget_share": 0.2})
+    clock = Clock()
+    rng = random.Random(3)
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        for day in range(7):
+            clock.now = T0 + day * DAY
+            run_check(check, history, clock=clock, rng=rng)
+        states = {s.path: s.verified_at for s in history.entry_states("scale")}
+        freshest = max(states, key=lambda p: (states[p], p))
+        flip_byte(export / freshest)  # same size: only a content read can tell
+        (export / min(states)).unlink()  # completeness runs in full: found at once
+        found_on = None
+        for day in range(7, 14):
+            clock.now = T0 + day * DAY
+            result = run_check(check, history, clock=clock, rng=rng)
+            kinds = {(f.kind, f.path) for f in result.findings}
+            assert (FindingKind.MISSING, min(states)) in kinds
+            if (FindingKind.DIGEST_MISMATCH, freshest) in kinds:
+                found_on = day
+                break
+        assert found_on is not None and found_on - 6 <= 7
+
+
+def test_a_byte_budget_and_a_share_both_bound_the_run(tmp_path: Path, export: Path) -> None:
+    check = check_config(export, coverage={"period": "7d", "budget_bytes": "5kB", "budget_share": 0.5,
+                                           "random_share": 0})
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        result = run_check(check, history, rng=random.Random(4))
+    assert result.coverage is not None and result.coverage["budget_bytes"] == 5000
+    assert 0 < result.coverage["selected_bytes"] == result.bytes_verified <= 5000
+    # random_share 0: the ordered entries take the budget; draws only fill what the next one left over
+    assert result.coverage["random_files"] < result.files_verified
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"period": "7d"}, "budget_bytes and/or coverage.budget_share"),
+    ({"period": "7d", "budget_share": 1.5}, "less than or equal to 1"),
+    ({"period": "0s", "budget_share": 0.2}, "greater than 0"),
+    ({"period": "7d", "budget_share": 0.2, "bogus": 1}, "Extra inputs"),
+])
+def test_the_coverage_block_is_validated(export: Path, block: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        check_config(export, coverage=block)
+
+
+def test_coverage_needs_fixity(export: Path) -> None:
+    with pytest.raises(ValidationError, match=r"need fixity\.enabled"):
+        check_config(export, coverage={"period": "7d", "budget_share": 0.2}, fixity={"enabled": False})
+
+
+def test_verify_now_json_reports_coverage_and_bytes_downloaded(tmp_path: Path, export: Path) -> None:
+    import yaml
+
+    from tests.cli_helpers import verify_json
+
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    (checks / "scale.yaml").write_text(yaml.safe_dump({
+        "version": 1, "name": "scale", "source": {"url": str(export)},
+        "manifest": {"location": str(export.parent / "manifest.json")},
+        "coverage": {"period": "7d", "budget_share": 0.25}}))
+    config = tmp_path / "reversib.yaml"
+    config.write_text(yaml.safe_dump({"version": 1, "checks_dir": "checks"}))
+    code, doc = verify_json(["--config", str(config), "scale"], tmp_path / "h.db")  # validated by the schema
+    run = doc["runs"][0]
+    assert code == 0 and run["outcome"] == "passed"
+    cov = run["coverage"]
+    assert cov["selected_files"] == run["files_verified"] and cov["not_sampled_files"] == N - run["files_verified"]
+    assert run["bytes_downloaded"] == run["bytes_verified"]  # the manifest is read from elsewhere
+
+
+def test_the_evidence_report_shows_the_coverage(tmp_path: Path, export: Path) -> None:
+    import datetime as dt
+
+    from reversib.evidence.report import build_report, render_html, render_markdown
+
+    check = check_config(export, coverage={"period": "7d", "budget_share": 0.2})
+    clock = Clock()
+    rng = random.Random(5)
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        for day in range(8):
+            clock.now = T0 + day * DAY
+            last = run_check(check, history, clock=clock, rng=rng)
+        utc = dt.timezone.utc
+        doc = build_report(history, [check], since=dt.datetime.fromtimestamp(T0 - DAY, utc),
+                           until=dt.datetime.fromtimestamp(clock.now + DAY, utc))
+    cov = doc["checks"][0]["coverage"]
+    assert cov["run_id"] == last.run_id and cov["ratio"] == 1.0 and cov["covered_files"] == N
+    assert "Rolling coverage: 100.0% of" in render_markdown(doc)
+    assert f"{N} of {N} entries) verified within 7d 0h" in render_html(doc)
