@@ -56,6 +56,11 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -161,11 +166,15 @@ def soak(minutes: float, slow: int = 1000, fast: int = 50, days: int = 365, reve
                 if time.monotonic() >= end:
                     break
                 time.sleep(max(0.0, min(10.0, end - time.monotonic())))
+            cpu_s = _cpu_s(proc.pid)
+            load = os.getloadavg()
             proc.send_signal(signal.SIGTERM)
             t_stop = time.perf_counter()
             code = proc.wait(30)
             stop_s = time.perf_counter() - t_stop
         result = _collect(db, started, samples, minutes, slow, fast, code, stop_s)
+    result["daemon_cpu_s"] = round(cpu_s, 1)  # user + system time of the daemon over the whole soak
+    result["loadavg_end"] = [round(x, 2) for x in load]  # 1/5/15-minute load of the machine (2 cores here)
     return result
 
 
@@ -198,7 +207,7 @@ def _collect(db: Path, started: float, samples: list[tuple[float, float, float, 
                     "end": round(samples[-1][1], 1), "max": round(max(s[1] for s in samples), 1),
                     "growth_after_warmup": round(samples[-1][1] - after_warm[0][1], 1)},
         "scrape_s": {"median": round(statistics.median(scrapes), 4), "max": round(max(scrapes), 4),
-                     "n": len(scrapes), "bytes": samples[-1][3]},
+                     "n": len(scrapes), "bytes": samples[-1][3], "all_ms": [round(x * 1000, 1) for x in scrapes]},
         "exit_code": code, "stop_s": round(stop_s, 2),
     }
 
@@ -248,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", type=int, default=50, help="checks every 5 s (default 50)")
     p.add_argument("--days", type=int, default=365, help="daily runs pre-filled per check (default 365)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--reversib", metavar="EXE", help="the reversib executable to soak (default: the venv's; e.g. a "
+                   "wrapper running an older copy of the code, for a before/after)")
     args = p.parse_args(argv)
-    r = soak(args.minutes, args.slow, args.fast, args.days, log=lambda m: print(m, file=sys.stderr, flush=True))
+    r = soak(args.minutes, args.slow, args.fast, args.days, reversib=args.reversib,
+             log=lambda m: print(m, file=sys.stderr, flush=True))
     print(render(r))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -501,6 +501,7 @@ def serve(settings: Settings, *, listen: str | None = None, history_url: str | N
                 log.warning("run %s was left running by a process that ended: recorded as interrupted", run_id)
             daemon = Daemon(settings, history)
             collector = HistoryCollector(history, daemon.scheduled_checks, daemon.status)
+            collector.render()  # warm: the first scrape reads only what changed since (docs/metrics.md)
             web = WebServer(daemon, collector, parse_listen(listen or settings.daemon.daemon.listen))
             signals = _Signals()
             with signals.installed():

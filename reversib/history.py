@@ -267,6 +267,38 @@ counts_t = sa.Table(
 )
 
 
+# check_summaries' statements (constant: compiled once).  The checks with a completed run come from the small
+# run_counts table; for each, the id of its newest completed run and when it last passed (index seeks).
+_wanted = sa.select(counts_t.c.check_id).where(counts_t.c.check_id.in_(sa.bindparam("ids", expanding=True))) \
+    .distinct().subquery("wanted")
+_r = runs_t.alias("r")
+_PICKS = sa.select(
+    _wanted.c.check_id,
+    sa.select(_r.c.id).where(_r.c.check_id == _wanted.c.check_id, _r.c.outcome.is_not(None))
+    .order_by(_r.c.started_at.desc(), _r.c.id.desc()).limit(1).correlate(_wanted).scalar_subquery(),
+)
+# The last success of checks whose newest completed run did not pass (else it is that run).
+_SUCCESSES = sa.select(
+    _wanted.c.check_id,
+    *[sa.select(col).where(_r.c.check_id == _wanted.c.check_id, _r.c.outcome == Outcome.PASSED.value)
+      .order_by(_r.c.started_at.desc(), _r.c.id.desc()).limit(1).correlate(_wanted).scalar_subquery()
+      for col in (_r.c.id, _r.c.finished_at)],
+)
+_COUNTS = sa.select(counts_t.c.check_id, counts_t.c.outcome, counts_t.c.runs)
+_RUNNING = (sa.select(runs_t.c.check_id, sa.func.count()).where(runs_t.c.state == RunState.RUNNING.value)
+            .group_by(runs_t.c.check_id))
+_SKIPPED = sa.select(skipped_t.c.check_id, sa.func.count()).group_by(skipped_t.c.check_id)
+_MARKER = sa.select(
+    sa.select(sa.func.count()).select_from(counts_t).scalar_subquery(),
+    sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.runs), 0)).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(runs_t).where(runs_t.c.state == RunState.RUNNING.value).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(skipped_t).scalar_subquery(),
+)
+# How many of the given run ids exist: one constant statement and one parameter (no SQL to build per call).
+_EXISTING = {"sqlite": "SELECT count(*) FROM runs WHERE id IN (SELECT value FROM json_each(?))",
+             "postgresql": "SELECT count(*) FROM runs WHERE id = ANY(%s)"}
+
+
 # ------------------------------------------------------------------------------------------ data
 
 
@@ -557,10 +589,17 @@ class History:
         # Called with the check id after each completed run is committed (evidence: anchoring the chain
         # heads); an exception there is logged, never raised: the run is already recorded.
         self.after_finish: list[Callable[[str], None]] = []
-        # check id -> (run id, row) of its newest completed run, as check_summaries last read it.  A completed
-        # run's row is never updated (only deleted, by pruning), so each scrape reads the full rows of the
-        # runs completed since the previous one only.
-        self._latest_rows: dict[str, tuple[str, RunRow]] = {}
+        # What check_summaries last read (it reads again only what changed since: see there).  Shared by the
+        # daemon's HTTP threads, hence the lock.
+        self._summaries_lock = threading.Lock()
+        self._marker: tuple[Any, ...] | None = None
+        self._outcomes: dict[str, dict[str, int]] = {}  # run_counts: check id -> outcome -> completed runs
+        self._running: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
+        # check id -> (its counts when picked, its newest completed run, when it last passed, that run's id)
+        self._picked: dict[str, tuple[dict[str, int], RunRow | None, datetime | None, str | None]] = {}
+        self._shown: list[str] = []  # the ids of those runs (pruning may delete them)
+        self._summaries: dict[str, CheckSummary] = {}
         self._engine = create_history_engine(url)
         self._password = self._engine.url.password
 
@@ -925,62 +964,82 @@ class History:
         return found[0] if found else None
 
     def check_summaries(self, check_ids: Sequence[str]) -> dict[str, CheckSummary]:
-        """A `CheckSummary` for each of `check_ids`, in four constant queries whatever their number: the
-        per-outcome counts (`run_counts`), the running runs (`ix_runs_state`), the id of the newest completed
-        run and the last success of each check (index seeks), the skipped slots; then the full rows of the
-        newest runs not read by an earlier call (completed runs never change: the rest come from memory)."""
+        """A `CheckSummary` for each of `check_ids`, read incrementally from the database on each call.
+
+        First one row of aggregates that changes whenever a summary may have changed, whichever process
+        wrote: the row count and total of `run_counts` (each completed run bumps its check's count), the
+        `running` runs (by index) and the skipped slots (never deleted); and how many of the runs shown last
+        time (newest completed runs, last successes) still exist (by primary key): pruning deletes runs
+        without changing any count.  When nothing changed, the previous summaries are returned (the same
+        objects).  Otherwise the counts, running runs and skipped slots are read again, and the newest
+        completed run and last success (index seeks) only of the checks whose counts changed (of every check
+        after a deletion); a completed run's row never changes, so it is read once.  A summary whose content
+        did not change is the same object as the previous call's (the metrics reuse what they rendered)."""
         if not check_ids:
             return {}
-        wanted = set(check_ids)
-        outcomes: dict[str, dict[str, int]] = {}
-        running: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        # Checks with a completed run, from the small run_counts table: a constant statement (compiled once).
-        ids = sa.select(counts_t.c.check_id).distinct().subquery("wanted")
-        r = runs_t.alias("r")
-        latest_id = (
-            sa.select(r.c.id).where(r.c.check_id == ids.c.check_id, r.c.outcome.is_not(None))
-            .order_by(r.c.started_at.desc(), r.c.id.desc()).limit(1).correlate(ids).scalar_subquery()
-        )
-        success_at = (
-            sa.select(r.c.finished_at).where(r.c.check_id == ids.c.check_id, r.c.outcome == Outcome.PASSED.value)
-            .order_by(r.c.started_at.desc()).limit(1).correlate(ids).scalar_subquery()
-        )
-        picks_stmt = sa.select(ids.c.check_id, latest_id.label("latest_id"), success_at.label("success_at"))
-        counts_stmt = sa.select(counts_t.c.check_id, counts_t.c.outcome, counts_t.c.runs)
-        running_stmt = (sa.select(runs_t.c.check_id, sa.func.count()).where(runs_t.c.state == RunState.RUNNING.value)
-                        .group_by(runs_t.c.check_id))
-        skipped_stmt = sa.select(skipped_t.c.check_id, sa.func.count()).group_by(skipped_t.c.check_id)
-        out: dict[str, CheckSummary] = {}
-        with self._read() as conn:
-            for check_id, outcome, n in conn.execute(counts_stmt):
-                if check_id in wanted:
-                    outcomes.setdefault(check_id, {})[outcome] = n
-            for check_id, n in conn.execute(running_stmt):
-                running[check_id] = n
-            for check_id, n in conn.execute(skipped_stmt):
-                skipped[check_id] = n
-            picks = [(check_id, run_id, success) for check_id, run_id, success in conn.execute(picks_stmt)
-                     if check_id in wanted]
-            known = self._latest_rows
-            rows = {run_id: row for run_id, row in known.values()}
-            unread = [run_id for _, run_id, _ in picks if run_id is not None and run_id not in rows]
-            for chunk in _chunks(unread, 500):
-                for mapping in conn.execute(sa.select(runs_t).where(runs_t.c.id.in_(chunk))).mappings():
-                    rows[mapping["id"]] = RunRow.from_mapping(mapping)
-            for check_id, run_id, success in picks:
-                latest = rows.get(run_id) if run_id is not None else None
-                if latest is not None:
-                    known[check_id] = (run_id, latest)
-                if success is not None:  # SQLite returns the scalar subquery's value as text
-                    success = _as_utc(success, conn.dialect)
-                out[check_id] = CheckSummary(check_id, latest, success, outcomes.get(check_id, {}),
-                                             running.get(check_id, 0), skipped.get(check_id, 0))
-        for check_id in check_ids:
-            if check_id not in out:
-                out[check_id] = CheckSummary(check_id, running=running.get(check_id, 0),
-                                             skipped=skipped.get(check_id, 0))
+        with self._summaries_lock, self._read() as conn:
+            # Read before what they guard: a write committed in between shows at the next call.
+            marker = tuple(conn.execute(_MARKER).one())
+            shown = self._shown
+            existing = 0
+            if shown:
+                ids: Any = shown if conn.dialect.name == "postgresql" else "[" + ",".join(map(_jstr, shown)) + "]"
+                existing = conn.exec_driver_sql(_EXISTING[conn.dialect.name], (ids,)).scalar_one()
+            if existing != len(shown):  # pruned: every newest run and last success again
+                self._picked.clear()
+                self._shown = []
+            old = self._marker
+            if marker != old:
+                if old is None or marker[:2] != old[:2]:
+                    outcomes: dict[str, dict[str, int]] = {}
+                    for check_id, outcome, n in conn.execute(_COUNTS):
+                        outcomes.setdefault(check_id, {})[outcome] = n
+                    self._outcomes = outcomes
+                self._running = {check_id: n for check_id, n in conn.execute(_RUNNING)}
+                if old is None or marker[3] != old[3]:
+                    self._skipped = {check_id: n for check_id, n in conn.execute(_SKIPPED)}
+                self._marker = marker
+            stale = [check_id for check_id in dict.fromkeys(check_ids) if (n := self._outcomes.get(check_id))
+                     and ((p := self._picked.get(check_id)) is None or p[0] != n)]
+            if stale:
+                self._pick(conn, stale)
+            out: dict[str, CheckSummary] = {}
+            for check_id in check_ids:
+                counts = self._outcomes.get(check_id, {})
+                picked = self._picked.get(check_id) if counts else None
+                latest, success = (picked[1], picked[2]) if picked is not None else (None, None)
+                running, skipped = self._running.get(check_id, 0), self._skipped.get(check_id, 0)
+                prev = self._summaries.get(check_id)
+                if (prev is None or prev.latest is not latest or prev.last_success_at != success
+                        or prev.outcomes != counts or prev.running != running or prev.skipped != skipped):
+                    prev = self._summaries[check_id] = CheckSummary(check_id, latest, success, counts, running,
+                                                                    skipped)
+                out[check_id] = prev
         return out
+
+    def _pick(self, conn: Connection, check_ids: list[str]) -> None:
+        """The newest completed run and the last success of `check_ids` (checks with completed runs), into
+        `_picked`; the full rows only of runs not read before."""
+        known = {p[1].id: p[1] for p in self._picked.values() if p[1] is not None}
+        picks: list[tuple[str, str | None]] = []
+        for chunk in _chunks(check_ids, 500):
+            picks.extend((c, i) for c, i in conn.execute(_PICKS, {"ids": chunk}))
+        unread = [run_id for _, run_id in picks if run_id is not None and run_id not in known]
+        for chunk in _chunks(unread, 500):
+            for mapping in conn.execute(sa.select(runs_t).where(runs_t.c.id.in_(chunk))).mappings():
+                known[mapping["id"]] = RunRow.from_mapping(mapping)
+        latest = {check_id: known.get(run_id) if run_id else None for check_id, run_id in picks}
+        successes: dict[str, tuple[str | None, datetime | None]] = {
+            check_id: (row.id, row.finished_at) for check_id, row in latest.items() if row is not None and row.passed}
+        for chunk in _chunks([check_id for check_id in latest if check_id not in successes], 500):
+            for check_id, success_id, success in conn.execute(_SUCCESSES, {"ids": chunk}):
+                # SQLite returns the scalar subquery's value as text
+                successes[check_id] = (success_id, _as_utc(success, conn.dialect) if success is not None else None)
+        for check_id, row in latest.items():
+            success_id, success = successes.get(check_id, (None, None))
+            self._picked[check_id] = (self._outcomes.get(check_id, {}), row, success, success_id)
+        self._shown = list({i: None for p in self._picked.values()
+                            for i in (p[1].id if p[1] is not None else None, p[3]) if i is not None})
 
     def record_skipped(self, check_id: str, scheduled_for: datetime | float, reason: str) -> bool:
         """Record a schedule slot that was not run (`overlap`).  False when that slot is already recorded

@@ -24,8 +24,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from reversib.config import CheckConfig
@@ -63,33 +64,46 @@ class Partition:
 
     def __init__(self, k: int, n: int, entries: Iterable[Any]) -> None:
         self.k, self.n = k, n
-        weights: dict[str, int] = {}
-        unknown: list[str] = []
-        for e in entries:
-            if e.path not in weights:  # a duplicated path is one entry here (the manifest reports it)
-                weights[e.path] = -1 if e.size is None else int(e.size)
-                if e.size is None:
-                    unknown.append(e.path)
-        known = [w for w in weights.values() if w >= 0]
-        mean = sum(known) // len(known) if known else 0
-        for path in unknown:
-            weights[path] = mean
-        total = sum(weights.values()) + ENTRY_WEIGHT * len(weights)
+        ordered = sorted(entries, key=attrgetter("path"))  # references only: no copy of the manifest
+        count = known = known_bytes = 0
+        for _, size in _by_path(ordered):
+            count += 1
+            if size is not None:
+                known, known_bytes = known + 1, known_bytes + size
+        mean = known_bytes // known if known else 0
+        total = known_bytes + mean * (count - known) + ENTRY_WEIGHT * count
         paths: set[str] = set()
-        done = 0
-        for path in sorted(weights):
-            w = weights[path] + ENTRY_WEIGHT
+        done = self.weight = 0
+        for path, size in _by_path(ordered):
+            w = (mean if size is None else size) + ENTRY_WEIGHT
             if min(n - 1, (2 * done + w) * n // (2 * total)) == k:
                 paths.add(path)
+                self.weight += w
             done += w
         self.paths = frozenset(paths)
-        self.weight = sum(weights[p] + ENTRY_WEIGHT for p in self.paths)
 
     def __contains__(self, path: object) -> bool:
         return path in self.paths
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def _by_path(ordered: list[Any]) -> Iterator[tuple[str, int | None]]:
+    """(path, size) of entries sorted by path; a duplicated path once (the manifest reports it), with its
+    largest known size -- the same whatever the order of the duplicates."""
+    path: str | None = None
+    size: int | None = None
+    for e in ordered:
+        if e.path == path:
+            if e.size is not None and (size is None or e.size > size):
+                size = int(e.size)
+            continue
+        if path is not None:
+            yield path, size
+        path, size = e.path, None if e.size is None else int(e.size)
+    if path is not None:
+        yield path, size
 
 
 def parse_shard(text: str, env: dict[str, str] | None = None) -> tuple[int, int]:

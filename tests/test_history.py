@@ -311,9 +311,18 @@ def test_check_summaries_follow_new_runs_across_calls_and_processes(history: His
     latest = history.check_summaries(["a"])["a"].latest
     assert latest is not None and latest.id == third and latest.outcome == "error"
 
-    with history.engine.begin() as conn:  # as pruning deletes runs
-        conn.execute(history_module.runs_t.delete().where(history_module.runs_t.c.id == third))
-    assert history.check_summaries(["a"])["a"].latest == history.get_run(second)
+    # pruning deletes runs without changing the counters: here the only passed run, then all of them
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from reversib.evidence.prune import prune
+
+    key = Ed25519PrivateKey.generate()
+    assert [p.runs for p in prune(history, key, to_datetime(T0 + 90))] == [1]
+    s = history.check_summaries(["a"])
+    assert s["a"].latest == history.get_run(third) and s["a"].last_success_at is None
+    assert [p.runs for p in prune(history, key, to_datetime(clock() + 1))] == [2]
+    s = history.check_summaries(["a"])
+    assert s["a"].latest is None and s["a"].runs_total == 3 and s["a"].running == 1
 
 
 def test_entry_state_upsert_replaces(history: History, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -252,7 +252,9 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
     r = reader.result
     r.container = "tar"
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)  # noqa: SIM115 - closed below
+        # "r:" over a forward-only stream rather than tarfile's "r|": member data is read straight from the
+        # stream (tarfile's _Stream copies every byte two or three times)
+        tar = tarfile.open(fileobj=_Forward(stream), mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
     except LayerError as exc:
         _layer(reader, exc)
         return r
@@ -264,7 +266,7 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
         while True:
             current = None
             ti = tar.next()
-            tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every header otherwise
+            tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header otherwise
             if ti is None:
                 r.complete = True
                 break
@@ -277,9 +279,11 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
             reader.note_name(path)
             if ti.isreg():
                 current = path
-                f = tar.extractfile(ti)
-                assert f is not None
-                reader.hash_member(path, f, ti.size, float(ti.mtime))
+                if ti.sparse is None:
+                    data: IO[bytes] = _Member(tar.fileobj, ti.offset_data, ti.size)  # type: ignore[assignment]
+                else:
+                    data = tar.extractfile(ti)  # type: ignore[assignment]
+                reader.hash_member(path, data, ti.size, float(ti.mtime))
             elif ti.issym():
                 reader.link(path, ti.linkname, hard=False)
             elif ti.islnk():
@@ -304,6 +308,61 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
             r.unreadable.add(current)
     reader.resolve_links()
     return r
+
+
+class _Forward:
+    """A forward-only file for tarfile's seekable mode: `seek` may only skip ahead (by reading), which is all
+    tarfile does when every member's data is read in order."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.pos = 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self.pos
+        elif whence != 0:
+            raise io.UnsupportedOperation("an archive stream cannot seek from its end")
+        if pos < self.pos:
+            raise io.UnsupportedOperation(f"an archive stream cannot seek back (from {self.pos} to {pos})")
+        while self.pos < pos:
+            got = len(self.raw.read(min(pos - self.pos, CHUNK)))
+            if not got:
+                break  # tarfile's next read reports the end of data
+            self.pos += got
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        n = self.raw.readinto(buf)  # type: ignore[attr-defined]
+        self.pos += n
+        return int(n)
+
+
+class _Member:
+    """The data of one (non-sparse) member, read straight from the archive stream."""
+
+    def __init__(self, f: _Forward, offset: int, size: int):
+        f.seek(offset)
+        self.f = f
+        self.left = size
+
+    def readinto(self, buf: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buf)
+        n = self.f.readinto(view[: self.left] if len(view) > self.left else view)
+        if not n:
+            raise tarfile.ReadError("unexpected end of data")
+        self.left -= n
+        return n
 
 
 def _layer(reader: _Reader, exc: LayerError, current: str | None = None) -> None:

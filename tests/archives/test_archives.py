@@ -521,3 +521,24 @@ def test_the_archive_is_looked_for_in_the_selected_generation(tmp_path: Path) ->
     result = run(check, tmp_path)
     assert result.outcome is Outcome.PASSED, result.findings
     assert result.generation == "2026-11-27"
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
+def test_long_names_and_sparse_members_are_read_in_every_tar_format(tmp_path: Path, fmt: str) -> None:
+    from tests.archives.conftest import sh
+
+    long_dir = "/".join(["a-rather-long-folder-name-été"] * 4)
+    files = {f"{long_dir}/file.txt": b"deep\n"} if fmt != "ustar" else {"short/file.txt": b"deep\n"}
+    tree = make_tree(tmp_path, {**files, "small.txt": b"x\n"}, manifest=False)
+    with open(tree / "sparse.bin", "wb") as f:  # holes tar stores as a sparse member (-S)
+        f.seek(5 << 20)
+        f.write(b"end")
+    from tests.helpers import run_tool
+
+    run_tool(["sha256sum"], tree, "SHA256SUMS")
+    drop = _drop(tmp_path)
+    sparse = ["-S"] if fmt != "ustar" else []  # ustar has no sparse members: the holes are stored as zeros
+    sh("tar", "-C", tree, f"--format={fmt}", *sparse, "--sort=name", "-cf", drop / "l.tar", ".")
+    result = run(archive_check(drop, {"path": "l.tar"}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert result.files_verified == len(files) + 2

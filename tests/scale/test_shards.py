@@ -112,13 +112,14 @@ def test_the_shards_partition_the_manifest() -> None:
     rng = random.Random(7)
     entries = [ManifestEntry(f"dir{i % 7}/{i}.bin", rng.choice([0, 10, 4096, 1 << 20, 50 << 20, None]))
                for i in range(3000)]
-    entries += [ManifestEntry("dir1/1.bin", 10)]  # a duplicated path: in one shard only
+    entries += [ManifestEntry("dir1/1.bin", 10), ManifestEntry("dir2/2.bin", 99 << 20)]  # duplicated paths:
+    # in one shard only, weighing their largest size whatever their order
     paths = {e.path for e in entries}
     for n in (1, 3, 12):
         parts = [Partition(k, n, entries) for k in range(n)]
         assert sorted(p for part in parts for p in part.paths) == sorted(paths)  # disjoint, complete
         # Balanced by bytes: every shard within one entry's weight of the mean.
-        heaviest = (50 << 20) + ENTRY_WEIGHT
+        heaviest = (99 << 20) + ENTRY_WEIGHT
         mean = sum(part.weight for part in parts) / n
         assert all(abs(part.weight - mean) <= heaviest for part in parts), [part.weight for part in parts]
         # Deterministic and canonical: the manifest's order does not matter; contiguous in path order.
