@@ -1,6 +1,6 @@
 """Read every member of an archive once: names checked, data hashed, limits enforced, nothing extracted.
 
-A tar is read as a stream (tarfile's `r|` mode, one pass, bounded memory); a zip through range reads
+A tar is read as a stream (tarfile over a forward-only reader, one pass, bounded memory); a zip through range reads
 of its file (zipfile over `RangeFile`).  Hostile members are findings, never files: an absolute name
 or one with `..` (`unsafe_path`), a device or fifo (`unsafe_path`), a symlink or hard link leaving the
 archive (an entry the verifier reports as `unsafe_path`), a name twice (`duplicate_entry`), and a
