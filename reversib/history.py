@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _jstr
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -415,6 +416,25 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(db)
 
 
+T = TypeVar("T")
+
+
+def _retry_locked(fn: Callable[[], T], seconds: float = 30.0) -> T:
+    """`fn()`, tried again while SQLite says "database is locked" for up to `seconds`.  SQLite's busy handler
+    does not cover every case: a journal-mode change or a schema creation racing another process's can fail at
+    once (seen under load when several processes create a new history together)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except (sqlite3.OperationalError, sa.exc.OperationalError) as exc:
+            if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def create_history_engine(url: str) -> Engine:
     """An engine set up for the history: SQLite in WAL mode with a 30 s busy timeout, write transactions
     started with BEGIN IMMEDIATE; PostgreSQL through psycopg 3 with pre-ping and a connect timeout.
@@ -439,7 +459,7 @@ def create_history_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             try:
                 cur.execute("PRAGMA busy_timeout = 30000")
-                cur.execute("PRAGMA journal_mode = WAL")
+                _retry_locked(lambda: cur.execute("PRAGMA journal_mode = WAL"))
                 cur.execute("PRAGMA synchronous = NORMAL")
                 cur.execute("PRAGMA foreign_keys = ON")
             finally:
@@ -681,7 +701,7 @@ class History:
         """
         if self.current_revision() == SCHEMA_REVISION:
             return False
-        return self._upgrade()
+        return _retry_locked(self._upgrade)
 
     def _upgrade(self) -> bool:
         from alembic import command

@@ -530,3 +530,31 @@ def test_plain_postgresql_url_means_psycopg() -> None:
         assert h.describe() == "postgresql+psycopg://reversib:***@127.0.0.1:1/x"
     finally:
         h.close()
+
+
+def test_locked_sqlite_steps_are_retried_other_errors_are_not() -> None:
+    import sqlite3
+
+    from reversib.history import _retry_locked
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+
+    assert _retry_locked(flaky) == "done" and len(calls) == 3
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("no such table: x")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        _retry_locked(broken)
+
+    def always_locked() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _retry_locked(always_locked, seconds=0.05)
