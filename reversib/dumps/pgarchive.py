@@ -10,7 +10,7 @@ versions 1.12 to 1.16 (PostgreSQL 11 to 17).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from reversib.dumps.base import DumpProblem
@@ -101,6 +101,23 @@ class _Reader:
 
 
 COMPRESSION_ALGORITHMS = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}
+
+
+def chunk_reader(chunks: Iterator[bytes]) -> Callable[[int], bytes]:
+    """`read(n)` over a stream of chunks, as `read_archive` wants it: n bytes, fewer only at the end."""
+    buf = bytearray()
+
+    def read(n: int) -> bytes:
+        while len(buf) < n:
+            chunk = next(chunks, b"")
+            if not chunk:
+                break
+            buf.extend(chunk)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    return read
 
 
 def read_archive(read: Callable[[int], bytes], fmt_wanted: int = 1, *, data: bool = True) -> Archive:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from reversib.dumps.base import DumpProblem, Structure, find_tool, run_tool, unverifiable
 from reversib.dumps.detect import decode, raw_chunks
-from reversib.dumps.pgarchive import Archive, read_archive
+from reversib.dumps.pgarchive import Archive, chunk_reader, read_archive
 from reversib.model import FindingKind
 from reversib.sources.base import CancelToken, Source
 
@@ -38,17 +38,7 @@ def _join(folder: str, name: str) -> str:
 
 def read_toc(source: Source, folder: str, copy_to: Path | None = None) -> Archive:
     chunks = _copying(raw_chunks(source, _join(folder, TOC)), copy_to / TOC if copy_to else None)
-    buf = bytearray()
-
-    def read(n: int) -> bytes:
-        while len(buf) < n:
-            chunk = next(chunks, b"")
-            if not chunk:
-                break
-            buf.extend(chunk)
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
+    read = chunk_reader(chunks)
 
     arch = read_archive(read, 3)
     for _ in chunks:  # the rest of the file (with copy_to: copied whole)

@@ -29,7 +29,7 @@ from reversib.dumps.expectations import (
     restored,
     shown_rows,
 )
-from reversib.dumps.pgarchive import Archive, read_archive
+from reversib.dumps.pgarchive import Archive, chunk_reader, read_archive
 from reversib.dumps.scratch import (
     PgServer,
     PsqlError,
@@ -122,17 +122,7 @@ def _tar(source: Source, path: str, compression: str, cancel: CancelToken) -> St
 
 def _custom(stream: Iterator[bytes], cancel: CancelToken) -> Structure:
     """Walk a custom archive's chunks to the end, then `pg_restore --list` on its table of contents."""
-    buf = bytearray()
-
-    def read(n: int) -> bytes:
-        while len(buf) < n:
-            chunk = next(stream, b"")
-            if not chunk:
-                break
-            buf.extend(chunk)
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
+    read = chunk_reader(stream)
 
     arch = read_archive(read)
     # pg_restore reads the same table of contents: proves this client can read this archive version.
@@ -308,17 +298,7 @@ def _du(folder: Path) -> int:
 def _custom_toc(source: Source, path: str, compression: str) -> Archive:
     """The header and table of contents of a custom archive (the start of the file only)."""
     stream = decoded(source, path, compression)
-    buf = bytearray()
-
-    def read(n: int) -> bytes:
-        while len(buf) < n:
-            chunk = next(stream, b"")
-            if not chunk:
-                break
-            buf.extend(chunk)
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
+    read = chunk_reader(stream)
 
     try:
         return read_archive(read, data=False)

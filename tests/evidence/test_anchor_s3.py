@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr
@@ -27,30 +26,14 @@ from reversib.evidence.chain import Head, backfill, heads_t, links_t
 from reversib.history import History, findings_t, runs_t
 from tests.cli_helpers import run_cli
 from tests.evidence.conftest import sh, write_export
-from tests.s3.conftest import Endpoint, start_endpoint
+from tests.s3.conftest import Endpoint, running_endpoint
 from tests.s3.helpers import KEY_ID, SECRET
-from tests.services import require_service
 
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as exc:
-        require_service("moto S3 server", f"cannot be imported: {exc}")
-    try:
-        proc, url = start_endpoint(tmp_path_factory.mktemp("moto-anchor"))
-    except RuntimeError as exc:
-        require_service("moto S3 server", str(exc))
-    try:
-        yield Endpoint(url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_endpoint(tmp_path_factory.mktemp("moto-anchor")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)

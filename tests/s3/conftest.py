@@ -7,6 +7,7 @@ bucket, no faults and an environment with test credentials and no AWS configurat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -63,14 +64,15 @@ def start_endpoint(tmp: Path, latency: float = 0.0) -> tuple[subprocess.Popen[by
     return proc, f"http://127.0.0.1:{port_file.read_text().strip()}"
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+@contextlib.contextmanager
+def running_endpoint(tmp: Path) -> Iterator[Endpoint]:
+    """A moto endpoint process for the duration of the block (skips, or fails under CI, when it cannot start)."""
     try:
         import moto.server  # noqa: F401
     except ImportError as exc:
         require_service("moto S3 server", f"cannot be imported: {exc}")
     try:
-        proc, url = start_endpoint(tmp_path_factory.mktemp("moto"))
+        proc, url = start_endpoint(tmp)
     except RuntimeError as exc:
         require_service("moto S3 server", str(exc))
     try:
@@ -82,6 +84,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    with running_endpoint(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)
