@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any, NoReturn
 
 from reversib import __version__
 from reversib.model import (
+    EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
     EXIT_ERROR,
     EXIT_FAILED,
@@ -32,6 +34,7 @@ exit codes:
   3   deferred: the export is still being delivered
   64  usage error (bad arguments)
   78  configuration error (invalid config/ or checks/ file)
+  141 stdout closed by its reader (`| head`) before the output was written; runs are recorded as usual
 with several checks, the code is that of the highest-priority outcome: failed, error, deferred, passed.
 """
 
@@ -583,7 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:  # console-script entry point
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (`reversib ... | head`): the run is recorded all the same;
+        # exit as a command stopped by SIGPIPE does, without a traceback (Python's documented recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
+    sys.exit(code)
 
 
 __all__ = ["EXIT_FAILED", "Outcome", "build_parser", "main"]

@@ -2,9 +2,11 @@
 
 How a slot becomes a run (see docs/daemon.md):
 
-* the slots of a check come from its schedule alone (`reversib.scheduler.Schedule`); the daemon's
-  own timer thread sleeps until the earliest next slot of any check, then dispatches it.  The timer
-  is not the record of what ran: the history is.  A run claims its slot through the unique
+* the slots of a check come from its schedule alone (`reversib.scheduler.Schedule`); the timer is an
+  APScheduler 3.x `BackgroundScheduler` (`reversib.timer`) with one job per check whose trigger asks
+  that schedule, and whose executor hands each due slot to `Daemon._due`, which queues the run (or
+  records the slot skipped) and returns at once.  The timer is not the record of what ran: the
+  history is.  A run claims its slot through the unique
   (check_id, scheduled_for) row written by `History.start_run`; a slot another process already
   claimed raises `SlotTaken` and is left to it;
 * one run at a time per check: a slot that falls due while the previous run of the check is queued
@@ -27,14 +29,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import heapq
 import logging
 import os
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -47,6 +50,7 @@ from reversib.metrics import DaemonStatus, HistoryCollector, ScheduledCheck
 from reversib.model import RunResult, Trigger
 from reversib.runner import run_check
 from reversib.sources.base import Cancelled, CancelToken
+from reversib.timer import add_slot_job, make_timer
 
 log = logging.getLogger("reversib.daemon")
 
@@ -110,8 +114,6 @@ class _Check:
     """A check as the daemon tracks it.  `busy` is True while a run of it is queued or running."""
 
     sc: ScheduledCheck
-    generation: int
-    next_slot: float | None = None
     busy: bool = False
     cancel: CancelToken | None = None
 
@@ -157,15 +159,19 @@ class Daemon:
             self.replicas = self.history.engine.dialect.name == "postgresql"
         self.replica = Replicas(self.history, self.settings.daemon.daemon.lease, self.clock)
         self._poller: threading.Thread | None = None
+        # Lock order: the timer holds its job-store lock while it calls `_due`, which takes `_cond`;
+        # so no APScheduler method is ever called under `_cond` (`_jobs_lock` serialises job changes).
         self._cond = threading.Condition()
         self._checks: dict[str, _Check] = {}
-        self._heap: list[tuple[float, int, str]] = []
         self._pending: collections.deque[_Job] = collections.deque()
         self._running = 0
         self._threads: set[threading.Thread] = set()
         self._stopping = False
-        self._generation = 0
-        self._timer: threading.Thread | None = None
+        self.timer = make_timer()  # APScheduler BackgroundScheduler: wakes the daemon at each slot
+        self._jobs_lock = threading.Lock()
+        self._jobs: dict[str, tuple[Any, ...]] = {}  # check id -> schedule key of its timer job
+        self._skips: queue.SimpleQueue[tuple[str, float] | None] = queue.SimpleQueue()
+        self._helper: threading.Thread | None = None
         self.reload_ok = True
         self.reload_ok_at = self.clock()
         self.api_token = self.settings.daemon.daemon.api_token()
@@ -186,23 +192,38 @@ class Daemon:
         now = self.clock()
         built = [ScheduledCheck.of(c, now) for c in settings.checks]
         with self._cond:
-            self._generation += 1
             old = self._checks
             self._checks = {}
-            self._heap = []
             for sc in built:
                 state = old.get(sc.check.check_id)
                 if state is None:
-                    state = _Check(sc, self._generation)
-                state.sc, state.generation = sc, self._generation
-                state.next_slot = sc.schedule.next_after(now) if sc.schedule is not None else None
+                    state = _Check(sc)
+                state.sc = sc
                 self._checks[sc.check.check_id] = state
-                if state.next_slot is not None:
-                    self._heap.append((state.next_slot, self._generation, sc.check.check_id))
-            heapq.heapify(self._heap)
             self.settings = settings
             self._pump()
             self._cond.notify_all()
+        self._sync_timer(now)
+
+    def _sync_timer(self, now: float, *, first: bool = False) -> None:
+        """Make the timer's jobs match the checks: one job per scheduled check, first firing at the first
+        slot after `now`.  A job whose schedule did not change is left alone (a slot it is about to fire is
+        not lost to a reload); a removed check's job is removed.  Before `start` (and after `stop`) the
+        timer is not running and nothing is done: `start` adds every job."""
+        with self._cond:
+            wanted = {cid: st.sc.schedule for cid, st in self._checks.items() if st.sc.schedule is not None}
+            stopping = self._stopping
+        with self._jobs_lock:
+            if stopping or not (first or self.timer.running):
+                return
+            for check_id in [cid for cid in self._jobs if cid not in wanted]:
+                del self._jobs[check_id]
+                if self.timer.get_job(check_id) is not None:
+                    self.timer.remove_job(check_id)
+            for check_id, schedule in wanted.items():
+                if self._jobs.get(check_id) != schedule.key:
+                    add_slot_job(self.timer, check_id, schedule, self._due, now)
+                    self._jobs[check_id] = schedule.key
 
     def reload(self) -> bool:
         """Reload the configuration file; an invalid one is logged and the old one kept."""
@@ -230,12 +251,16 @@ class Daemon:
     # ------------------------------------------------------------------------------ running
 
     def start(self, catch_up: bool | None = None) -> None:
-        """Catch up missed slots, then start the timer thread."""
+        """Catch up the slots missed up to now, then start the timer from the first slot after now (the
+        same instant: no slot falls between the two)."""
         cfg = self.settings.daemon.daemon
+        now = self.clock()
         if cfg.catch_up if catch_up is None else catch_up:
-            self.catch_up(cfg.catch_up_window)
-        self._timer = threading.Thread(target=self._timer_loop, name="reversib-timer", daemon=True)
-        self._timer.start()
+            self.catch_up(cfg.catch_up_window, now)
+        self._sync_timer(now, first=True)
+        self.timer.start()
+        self._helper = threading.Thread(target=self._helper_loop, name="reversib-timer-helper", daemon=True)
+        self._helper.start()
         if self.replicas or any(c.check.shards > 1 for c in self.scheduled_checks()) or self.replica.open_work():
             self._poller = threading.Thread(target=self._poll_loop, name="reversib-poller", daemon=True)
             self._poller.start()
@@ -259,10 +284,10 @@ class Daemon:
             for check_id, slot in self.replica.due_skips():
                 self._skip(check_id, slot, defer=False)
 
-    def catch_up(self, window: float) -> list[tuple[str, float]]:
-        """Queue the most recent slot of each check that fell due within `window` seconds and of which
-        the history holds no record (nor of any later slot).  Returns the queued (check, slot)."""
-        now = self.clock()
+    def catch_up(self, window: float, now: float | None = None) -> list[tuple[str, float]]:
+        """Queue the most recent slot of each check that fell due within `window` seconds before `now`
+        and of which the history holds no record (nor of any later slot).  Returns the queued (check, slot)."""
+        now = self.clock() if now is None else now
         queued = []
         for state in list(self._checks.values()):
             schedule = state.sc.schedule
@@ -303,13 +328,22 @@ class Daemon:
             return state is not None and state.busy
 
     def next_slot(self, check_id: str) -> float | None:
+        """When the check runs next: its timer job's next fire time (the schedule's next slot before the
+        timer starts)."""
         with self._cond:
             state = self._checks.get(check_id)
-            return state.next_slot if state is not None else None
+            schedule = state.sc.schedule if state is not None else None
+        if schedule is None:
+            return None
+        job = self.timer.get_job(check_id) if self.timer.running else None
+        if job is not None and job.next_run_time is not None:
+            return float(job.next_run_time.timestamp())
+        return schedule.next_after(self.clock())
 
     @property
     def timer_alive(self) -> bool:
-        return self._timer is not None and self._timer.is_alive() and not self._stopping
+        thread = getattr(self.timer, "_thread", None)  # BackgroundScheduler's thread, None before start
+        return bool(self.timer.running and thread is not None and thread.is_alive() and not self._stopping)
 
     def status(self) -> DaemonStatus:
         events, running = self.replica.activity.snapshot()
@@ -364,35 +398,37 @@ class Daemon:
                 self._pump()
                 self._cond.notify_all()
 
-    def _timer_loop(self) -> None:
+    def _due(self, check_id: str, run_time: datetime) -> None:
+        """The timer's job callback, called in APScheduler's thread with the slot the job fired for:
+        queue the run, or hand the slot to the helper thread to be recorded skipped (the previous run
+        is still queued or running).  Returns at once: no run and no database write on the timer."""
+        slot = run_time.timestamp()
+        with self._cond:
+            state = self._checks.get(check_id)
+            if self._stopping or state is None or state.sc.schedule is None:
+                return  # stopping: the slot stays unclaimed, the next start catches it up
+            if not state.busy:
+                self._enqueue(state, slot, Trigger.SCHEDULE, self.clock())
+                return
+        self._skips.put((check_id, slot))
+
+    def _helper_loop(self) -> None:
+        """Record the skipped slots the timer hands over, and wake the timer at least every second:
+        APScheduler sleeps on the monotonic clock until its next fire time, and a suspended host or a
+        wall-clock jump must be noticed as the timer of reversib always did (docs/daemon.md)."""
+        nudged = time.monotonic()
         while True:
-            skips: list[tuple[str, float]] = []
-            with self._cond:
-                if self._stopping:
-                    return
-                now = self.clock()
-                while self._heap and self._heap[0][0] <= now:
-                    slot, generation, check_id = heapq.heappop(self._heap)
-                    state = self._checks.get(check_id)
-                    if state is None or state.generation != generation or state.sc.schedule is None:
-                        continue  # scheduled by a configuration since replaced
-                    if state.busy:
-                        skips.append((check_id, slot))
-                    else:
-                        self._enqueue(state, slot, Trigger.SCHEDULE, now)
-                    following = state.sc.schedule.next_after(slot)
-                    if following <= now - 1.0:  # the timer fell far behind (suspended host, clock jump)
-                        later = state.sc.schedule.next_after(now)
-                        log.warning("check %s: slots between %s and %s passed unseen (clock jump or overload)",
-                                    check_id, iso(to_datetime(following)), iso(to_datetime(later)))
-                        following = later
-                    state.next_slot = following
-                    heapq.heappush(self._heap, (following, generation, check_id))
-                wait = min(self._heap[0][0] - now, 1.0) if self._heap else 1.0
-                if not skips:
-                    self._cond.wait(max(wait, 0.0))
-            for check_id, slot in skips:
-                self._skip(check_id, slot)
+            try:
+                item = self._skips.get(timeout=1.0)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                return
+            if item:
+                self._skip(*item)
+            if time.monotonic() - nudged >= 1.0 and not self._stopping:
+                nudged = time.monotonic()
+                self.timer.wakeup()
 
     def _skip(self, check_id: str, slot: float, defer: bool = True) -> None:
         if defer and self.replicas:  # another replica may run it: recorded skipped only if none did
@@ -413,6 +449,7 @@ class Daemon:
         up to `timeout` seconds for them to record `interrupted`.  True when every run finished."""
         timeout = self.settings.daemon.daemon.shutdown_timeout if timeout is None else timeout
         with self._cond:
+            already = self._stopping
             self._stopping = True
             self.replica.stopped.set()
             for job in self._pending:
@@ -423,8 +460,12 @@ class Daemon:
                     state.cancel.cancel("the daemon is shutting down")
             threads = list(self._threads)
             self._cond.notify_all()
-        if self._timer is not None:
-            self._timer.join(timeout=2.0)
+        with self._jobs_lock:  # outside `_cond`: the timer thread may be waiting for it in `_due`
+            if self.timer.running:
+                self.timer.shutdown(wait=False)  # joins APScheduler's thread, which only hands slots over
+        if not already and self._helper is not None:
+            self._skips.put(None)  # the skips handed over before the stop are recorded first
+            self._helper.join(timeout=2.0)
         deadline = time.monotonic() + timeout
         for t in threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -850,6 +850,8 @@ class History:
                     ],
                 )
             self._upsert_entries(conn, run.check_id, run.id, entries)
+            # A sharded run's merge row (the only row left open by then) ends with the run, atomically.
+            _leases.close_rows(conn, run.id, self._now(), {"ended": state.value})
             _chain.link_run(conn, run.id, finished_at)  # the check's hash chain, same transaction (evidence)
         _RUNS_OF_THIS_PROCESS.discard(run.id)
         self._after_finish(run.check_id)
@@ -914,6 +916,7 @@ class History:
             )
             check_id = conn.execute(sa.select(runs_t.c.check_id).where(runs_t.c.id == run_id)).scalar_one()
             _count_run(conn, check_id, Outcome.ERROR.value)
+            _leases.close_rows(conn, run_id, now, {"ended": RunState.INTERRUPTED.value, "reason": storable(reason)})
             _chain.link_run(conn, run_id, now)  # the check's hash chain, same transaction (evidence)
         _RUNS_OF_THIS_PROCESS.discard(run_id)
         self._after_finish(check_id)

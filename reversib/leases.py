@@ -47,6 +47,15 @@ shards_t = sa.Table(
 )
 
 
+def close_rows(conn: sa.Connection, run_id: str, now: Any, result: dict[str, Any]) -> None:
+    """Mark every row of `run_id` not yet done as done, with `result`: called by `History.finish_run` and
+    `History.mark_interrupted` in the transaction that ends the run, so an ended run never keeps a live
+    lease (a process killed between the two steps would leave its merge row `running` for ever)."""
+    c = shards_t.c
+    conn.execute(shards_t.update().where(c.run_id == run_id, c.state != DONE)
+                 .values(state=DONE, lease_until=None, result=result, updated_at=now))
+
+
 class _Changed(Exception):
     """Rows changed under a multi-row transition: roll it back."""
 

@@ -68,6 +68,7 @@ EXIT_ERROR = 2
 EXIT_DEFERRED = 3
 EXIT_USAGE = 64
 EXIT_CONFIG = 78
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout closed by its reader before the output was written
 
 EXIT_CODES = {
     Outcome.PASSED: EXIT_PASSED,

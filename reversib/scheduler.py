@@ -8,8 +8,10 @@ so that several daemons sharing one history claim the same (check, slot) row and
   the check id (so a thousand checks `every: 60s` do not all fall due at the same second), never
   "6 h after the daemon started";
 * `cron: "30 7 * * *"` -- the cron's fire times in the check's time zone (APScheduler's `CronTrigger`
-  parses the expression and handles daylight saving time; it is used for that only, never as the
-  record of what ran).
+  parses the expression and handles daylight saving time).
+
+The daemon's timer (`reversib.timer`, an APScheduler 3.x `BackgroundScheduler`) fires at these slots
+through `Schedule.next_after`; it wakes the daemon, it is never the record of what ran: the history is.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Schedule:
         self.every = config.every
         self.offset = offset % config.every if config.every else 0.0
         self.cron = config.cron
+        self.tz = tz
         self._trigger: Any = None
         if config.cron is not None:
             from apscheduler.triggers.cron import CronTrigger
@@ -45,6 +48,11 @@ class Schedule:
         if check.schedule is None:
             return None
         return cls(check.schedule, check.timezone, spread(check.check_id, check.schedule.every or 0.0))
+
+    @property
+    def key(self) -> tuple[float | None, float, str | None, str]:
+        """Equal keys, equal slots: a reload keeps the timer's job of a check whose schedule did not change."""
+        return (self.every, self.offset, self.cron, self.tz)
 
     def describe(self) -> str:
         return f"every {self.every:g}s" if self.every is not None else f"cron {self.cron!r}"

@@ -393,7 +393,6 @@ def _merge(check: CheckConfig, history: History, leases: Leases, run_id: str, cl
         stored = history.get_run(run_id)
         assert stored is not None
         return result_from_row(stored, history.findings(run_id))
-    leases.complete(run_id, MERGE, {"shards": len(parts)})
     log.info("sharded run merged", extra={"event": "run", "check": check.check_id, "run_id": run_id,
                                           "outcome": result.outcome.value, "shards": len(parts)})
     return result
@@ -449,9 +448,10 @@ class Replicas:
             reason = (f"check {check_id} was removed from the configuration before this run was finished: "
                       + (f"shard(s) {', '.join(map(str, shards))} of {row_shards(leases, run_id)} not verified"
                          if shards else "its shards were not merged"))
-            ended = self.history.mark_interrupted(run_id, reason)
-            for s in taken:
-                leases.complete(run_id, s, {"abandoned": reason})
+            ended = self.history.mark_interrupted(run_id, reason)  # closes the rows taken, same transaction
+            if not ended:  # ended meanwhile by another process: give back nothing half-held
+                for s in taken:
+                    leases.complete(run_id, s, {"abandoned": reason})
         except HistoryError as exc:
             log.error("replicas: cannot abandon run %s of removed check %s: %s", run_id, check_id, exc)
             return False

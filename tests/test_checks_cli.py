@@ -54,6 +54,28 @@ def test_sample_passes_through_the_console_script() -> None:
     assert proc.stdout.startswith("PASSED   ACME daily export [2026-11-28]: 4 of 4 files")
 
 
+def test_a_closed_stdout_ends_quietly_and_the_run_is_recorded(tmp_path: Path) -> None:
+    """`reversib verify-now --json | head -c 1`: the reader leaves before reversib writes.  Exit 141 (as a
+    command stopped by SIGPIPE), no traceback, the run recorded all the same."""
+    from reversib.history import History
+
+    exe = Path(sys.executable).with_name("reversib")
+    db = tmp_path / "h.db"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        proc = subprocess.run([str(exe), "verify-now", "--all", "--config", "config/reversib.yaml", "--json",
+                               "--history", f"sqlite:///{db}"], cwd=ROOT, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    with History.open(f"sqlite:///{db}") as history:
+        runs = [r for c in history.check_ids() for r in history.runs(c)]
+    assert [(r.state, r.outcome) for r in runs] == [("finished", "passed")]
+
+
 def test_generation_newest_and_keep(tmp_path: Path) -> None:
     dated_export(tmp_path / "exp", ["2026-11-26", "2026-11-27", "not-a-date"])
     cfg = write_config(tmp_path, {"gen": {"source": {"url": "../exp"}, "generation": {"pattern": "%Y-%m-%d", "keep": 3},

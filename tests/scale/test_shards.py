@@ -208,6 +208,38 @@ def test_one_daemon_on_sqlite_runs_a_sharded_check(tmp_path: Path) -> None:
     daemon.stop(5)
 
 
+def test_the_merge_row_ends_with_the_run_in_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed between finishing the run and completing its merge lease once left the merge row
+    `running` for ever under a finished run (CI, test_three_daemons_one_killed): both are one transaction."""
+    from reversib import history as history_module
+    from reversib.model import Outcome, RunResult, RunState
+
+    now = [1_800_000_000.0]
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=lambda: now[0]) as history:
+        run_id = history.start_run(check_id="c", check_name="c", trigger="schedule")
+        a = Leases(history, 10, owner="a")
+        a.ensure(run_id, 1)
+        assert a.claim(run_id, 0) and a.complete(run_id, 0, {}) and a.claim(run_id, MERGE)
+        result = RunResult(check_id="c", check_name="c", run_id=run_id, outcome=Outcome.PASSED,
+                           started_at=now[0], finished_at=now[0] + 1, state=RunState.FINISHED)
+
+        def dies(*_: object) -> None:  # the process fails after the run row was written, before the commit
+            raise RuntimeError("killed")
+
+        with monkeypatch.context() as m:
+            m.setattr(history_module._chain, "link_run", dies)
+            with pytest.raises(RuntimeError):
+                history.finish_run(result)
+        assert history.get_run(run_id).state == "running"  # type: ignore[union-attr]
+        assert a.rows(run_id)[MERGE]["state"] == "running"  # rolled back together: still taken over later
+        history.finish_run(result)
+        rows = a.rows(run_id)
+        assert history.get_run(run_id).state == "finished"  # type: ignore[union-attr]
+        assert {s: r["state"] for s, r in rows.items()} == {0: "done", MERGE: "done"}
+        assert rows[MERGE]["lease_until"] is None and rows[MERGE]["result"] == {"ended": "finished"}
+        assert a.open_work() == []
+
+
 def test_a_run_of_a_removed_check_is_abandoned_once_idle_for_a_lease(tmp_path: Path) -> None:
     """No replica has the check any more: its run is marked interrupted one lease after the last change to
     its shards, naming the shards not verified; a live lease, or a `verify-now --shard` run, is left alone."""
