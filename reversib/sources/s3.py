@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import errno
 import hashlib
 import http.client
@@ -41,6 +42,7 @@ import re
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -98,6 +100,23 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise SourceError(f"no bucket name in {url!r} (expected s3://bucket/prefix)")
     key = key.rstrip("/")
     return bucket, key + "/" if key else ""
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """A timestamp of an S3 response, as an aware datetime: ISO 8601 (XML bodies: `2026-11-28T16:39:01.000Z`)
+    and RFC 7231 (headers: `Sat, 28 Nov 2026 16:39:01 GMT`) by the standard library (~100x faster than
+    dateutil); anything else by botocore's own parser."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value) if "T" in value else email.utils.parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError):
+            parsed = None
+        if parsed is not None:
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)  # S3 says UTC
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    parsed = botocore_parse(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 def _b64_to_hex(value: str) -> str | None:
@@ -284,6 +303,7 @@ class _Connection:
     def _make(self, place: str) -> Any:
         import boto3
         import botocore.exceptions
+        import botocore.session
         from botocore.config import Config
 
         o = self.options
@@ -296,8 +316,12 @@ class _Connection:
         token = self._read_secret(o.session_token_env, o.session_token_file, "session token", place)
         if key_id is not None:
             kwargs.update(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token)
+        core = botocore.session.get_session()
+        # Timestamps (each listed key's LastModified, each response's Last-Modified header) parsed by the
+        # standard library: botocore's default, dateutil, costs ~35 us each -- 35 s per million keys listed.
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
         try:
-            session = boto3.session.Session(**kwargs)
+            session = boto3.session.Session(botocore_session=core, **kwargs)
         except botocore.exceptions.ProfileNotFound:
             raise SourceError(f"{place}: AWS profile {o.profile!r} not found") from None
         region = o.region or session.region_name or "us-east-1"

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import zlib
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +277,19 @@ def test_multipart_object_recorded_then_compared_then_changed(tmp_path: Path, s3
     # two downloads, each with its GetObjectAttributes (GET ?attributes: the fault layer logs no query)
     assert len([r for r in endpoint.requests() if r[0] == "GET" and r[1] == f"/{bucket}/p/big.bin"]) == 4
     assert ETAG_KEY not in _states(db, run["check_id"])["big.bin"].digests  # a mismatch records no composite
+
+
+@pytest.mark.parametrize("value", ["2026-11-28T16:39:01.000Z", "2026-11-28T16:39:01Z", "Sat, 28 Nov 2026 16:39:01 GMT",
+                                   "2026-11-28T16:39:01.123456+02:00", "Sat, 28 Nov 2026 16:39:01 +0000",
+                                   1764340741, "1764340741", "2026-11-28"])
+def test_the_fast_timestamp_parser_agrees_with_botocores(value: object) -> None:
+    """S3 timestamps are parsed by the standard library (dateutil costs ~35 us per listed key); the
+    instant is the one botocore's own parser gives, always time-zone aware."""
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    from reversib.sources.s3 import parse_timestamp
+
+    mine, theirs = parse_timestamp(value), botocore_parse(value)
+    if theirs.tzinfo is None:  # botocore leaves a bare date naive: S3's times are UTC
+        theirs = theirs.replace(tzinfo=timezone.utc)
+    assert mine.tzinfo is not None and mine == theirs
