@@ -116,6 +116,7 @@ def parse_timestamp(value: Any) -> datetime:
     from botocore.utils import parse_timestamp as botocore_parse
 
     parsed = botocore_parse(value)
+    assert isinstance(parsed, datetime)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
