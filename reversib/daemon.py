@@ -297,7 +297,7 @@ class Daemon:
             if slot is None:
                 continue
             recorded = self.history.last_slot(state.check.check_id)
-            if recorded is not None and recorded.timestamp() >= slot:
+            if recorded is not None and recorded >= to_datetime(slot):  # as stored: whole microseconds
                 continue
             with self._cond:
                 if state.busy:
@@ -415,16 +415,16 @@ class Daemon:
     def _helper_loop(self) -> None:
         """Record the skipped slots the timer hands over, and wake the timer at least every second:
         APScheduler sleeps on the monotonic clock until its next fire time, and a suspended host or a
-        wall-clock jump must be noticed as the timer of reversib always did (docs/daemon.md)."""
+        wall-clock jump must be noticed within a second (docs/daemon.md, "Clock jumps")."""
         nudged = time.monotonic()
         while True:
             try:
                 item = self._skips.get(timeout=1.0)
             except queue.Empty:
-                item = ()
-            if item is None:
-                return
-            if item:
+                pass
+            else:
+                if item is None:
+                    return
                 self._skip(*item)
             if time.monotonic() - nudged >= 1.0 and not self._stopping:
                 nudged = time.monotonic()

@@ -25,9 +25,10 @@ from reversib.scheduler import Schedule
 
 log = logging.getLogger("reversib.daemon")
 UTC = timezone.utc
-# Slots lie on a whole-millisecond grid (offsets are whole milliseconds, `every` is at least 1 s, cron
-# slots whole seconds); APScheduler hands them back as datetimes whose `timestamp()` may be one float
-# ulp below the slot.  Asking for the slot after `previous + _NUDGE` finds the next slot, never the same.
+# APScheduler hands a slot back as a datetime (whole microseconds) whose `timestamp()` can be one float
+# ulp below the slot `Schedule.next_after` computed (`every: 71.793s` does it), and the slot "after" it
+# would be the same slot again.  Slots are at least 1 s apart, so the slot after `previous + _NUDGE`
+# is the next one, never the same.
 _NUDGE = 0.0005
 # A slot found this far behind the timer's clock (suspended host, clock jump) is not followed by the
 # slots in between: they are logged as passed unseen and the timer moves on to the next future slot.
@@ -69,17 +70,18 @@ class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler 3.x is unty
 
 
 class HandOffExecutor(BaseExecutor):  # type: ignore[misc]  # APScheduler 3.x is untyped
-    """Calls a job's function in APScheduler's own thread with each due run time appended to its
-    arguments, as APScheduler's `DebugExecutor` does but passing the run time (the slot): the function
-    only hands the slot to the daemon's queue and returns, so no thread pool sits between the timer and
-    the daemon, and an instance lasts only for the hand-off (`max_instances` never refuses a slot).
-    `misfire_grace_time` is not applied: the daemon takes late slots (the trigger bounds lateness)."""
+    """Calls a job's function in APScheduler's own thread, as APScheduler's `DebugExecutor` does, but
+    with each due run time (the slot) as its `run_time` keyword (a placeholder in the job, filled here),
+    which APScheduler's own executors do not pass.  The function only hands the slot to the daemon and
+    returns, so no thread pool sits between the timer and the daemon, and an instance lasts only for the
+    hand-off (`max_instances` never refuses a slot).  `misfire_grace_time` is not applied: the daemon
+    takes late slots (`SlotTrigger` bounds how late)."""
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         events = []
         for run_time in run_times:
             try:
-                job.func(*job.args, run_time, **job.kwargs)
+                job.func(*job.args, **{**job.kwargs, "run_time": run_time})
             except Exception as exc:
                 log.exception("timer: handing slot %s of job %s to the daemon failed", run_time, job.id)
                 events.append(JobExecutionEvent(EVENT_JOB_ERROR, job.id, job._jobstore_alias, run_time,
@@ -102,9 +104,9 @@ def make_timer() -> Any:
         job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1})
 
 
-def add_slot_job(timer: Any, check_id: str, schedule: Schedule, func: Callable[[str, datetime], None],
-                 now: float) -> None:
-    """Add (or replace) the job of `check_id`: first fire at the first slot after `now`, then each slot."""
-    timer.add_job(func, SlotTrigger(check_id, schedule), args=(check_id,), id=check_id, name=check_id,
-                  replace_existing=True, next_run_time=to_utc(schedule.next_after(now)),
+def add_slot_job(timer: Any, check_id: str, schedule: Schedule, func: Callable[..., None], now: float) -> None:
+    """Add (or replace) the job of `check_id`: first fire at the first slot after `now`, then at each slot;
+    `func(check_id, run_time=slot)` is called by `HandOffExecutor`."""
+    timer.add_job(func, SlotTrigger(check_id, schedule), args=(check_id,), kwargs={"run_time": None},
+                  id=check_id, name=check_id, replace_existing=True, next_run_time=to_utc(schedule.next_after(now)),
                   coalesce=False, misfire_grace_time=None, max_instances=1)

@@ -18,9 +18,10 @@ from reversib.config import Settings, load_settings
 from reversib.daemon import Daemon, DaemonError, HistoryLock, sqlite_lock_path
 from reversib.history import History
 from reversib.metrics import HistoryCollector, ScheduledCheck, make_registry
-from reversib.model import RunResult, Trigger
+from reversib.model import RunResult
 from reversib.runner import run_check
 from reversib.scheduler import Schedule
+from reversib.timer import to_utc
 from reversib.web import WebServer
 
 from .helpers import poll, small_export, write_config
@@ -142,8 +143,7 @@ def test_a_slot_claimed_by_another_process_is_not_run_again(tmp_path: Path, hist
     daemon = Daemon(settings, history)
     try:
         assert daemon.catch_up(7200) == []  # the history records the slot: nothing to catch up
-        with daemon._cond:  # the timer of a daemon that did not see the claim yet dispatches the slot
-            daemon._enqueue(daemon._checks["shared"], slot, Trigger.SCHEDULE, time.time())
+        daemon._due("shared", run_time=to_utc(slot))  # the timer of a daemon that did not see the claim yet
         assert daemon.wait_idle(20)
     finally:
         daemon.stop(10)
