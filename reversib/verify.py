@@ -24,9 +24,10 @@ from reversib.digests import BlockHasher
 from reversib.globs import GlobSet
 from reversib.manifests.base import Manifest, ManifestEntry, normalized_name
 from reversib.model import Finding, FindingKind, Severity, Tier
-from reversib.sources.base import Cancelled, Entry, EntryType, Source, StoredDigests
+from reversib.sources.base import Cancelled, Entry, EntryType, GuardedStream, Source, StoredDigests
 
 INLINE_MAX = 4 << 20  # files up to this size are hashed inline on a non-latency-bound source
+BATCH_READ_BYTES = 4 << 20  # listed bytes of one batch of small files (Capabilities.batch_files)
 # Keys added to a verified entry's digests next to a source's composite values (stream.extra_digests):
 PARTS_AT = "parts-verified-at"  # when the full download that derived them took place (UTC, ISO 8601)
 COMPARED = "compared"  # on an entry verified by its composite values: which comparison was made
@@ -250,9 +251,28 @@ class Verifier:
                 outcome = self._without_download(m, e, cheap)
                 if outcome is not None:
                     return outcome
+        try:
+            stream = self.source.open_range(m.path)
+        except OSError as exc:
+            return self._judge(m, e, None, 0, exc.strerror or str(exc))
+        return self._hash_opened(m, e, algorithms, stream)
+
+    def _download_batch(self, batch: list[tuple[ManifestEntry, Entry, tuple[str, ...]]]) -> list[_Outcome]:
+        """Small files of a source declaring `batch_files`, opened together (`Source.open_many`), each then
+        judged exactly as `_download` judges one."""
+        out: list[_Outcome] = []
+        opened = self.source.open_many([m.path for m, _, _ in batch])
+        for (m, e, algorithms), (_, got) in zip(batch, opened, strict=True):
+            if isinstance(got, OSError):
+                out.append(self._judge(m, e, None, 0, got.strerror or str(got)))
+            else:
+                out.append(self._hash_opened(m, e, algorithms, got))
+        return out
+
+    def _hash_opened(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...], stream: GuardedStream) -> _Outcome:
         blocks = BlockHasher(self.options.block_size) if self.options.block_size else None
         try:
-            with self.source.open_range(m.path) as stream:
+            with stream:
                 got, nbytes = digests.hash_stream(stream, list(algorithms), self._buffer(), blocks)
                 extra = getattr(stream, "extra_digests", None)
         except Cancelled:
@@ -378,7 +398,8 @@ class _Dispatcher:
     """Where each read runs, so that both cores work and memory stays bounded.
 
     * large files, and every file of a latency-bound source: a thread pool (reads and hashlib
-      release the GIL on large buffers; network waits overlap);
+      release the GIL on large buffers; network waits overlap); small files of a source declaring
+      `Capabilities.batch_files` go to it in batches (`Source.open_many`: one task, a few round trips);
     * small local files: inline in this thread, and -- once there are enough of them to pay for
       it -- in batches to one helper process (`reversib.hashworker`), so two cores hash at once.
     Results are always collected in this thread; at most a few tasks and batches are in flight.
@@ -396,7 +417,12 @@ class _Dispatcher:
         if v.options.max_connections:
             self.workers = min(self.workers, v.options.max_connections)
         self.threads: ThreadPoolExecutor | None = None
-        self.pending: deque[Future[_Outcome]] = deque()
+        self.pending: deque[Future[_Outcome] | Future[list[_Outcome]]] = deque()
+        # small files of a source that reads them better together (open_many), and their listed bytes
+        self.batch_files = caps.batch_files if caps.batch_files > 1 and not v._cheap_algorithms else 0
+        self.batch_file_max = caps.batch_file_max
+        self.small: list[tuple[ManifestEntry, Entry, tuple[str, ...]]] = []
+        self.small_bytes = 0
         self.root = v.source.process_root() if self.workers > 1 and not self.latency_bound else None
         self.use_process = self.root is not None and len(v.manifest.entries) >= self.MIN_FILES_FOR_PROCESS \
             and not v.options.block_size  # the helper computes no block digests
@@ -413,12 +439,13 @@ class _Dispatcher:
     def submit(self, m: ManifestEntry, e: Entry, algorithms: tuple[str, ...]) -> None:
         v = self.v
         size = e.size or 0
-        if self.latency_bound or size > INLINE_MAX or v._cheap_algorithms:
-            if self.threads is None:
-                self.threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reversib-verify")
-            self.pending.append(self.threads.submit(v._download, m, e, algorithms))
-            while len(self.pending) >= self.workers * 2:
-                v._collect(self.pending.popleft().result())
+        if self.batch_files and e.size is not None and size <= self.batch_file_max:
+            self.small.append((m, e, algorithms))
+            self.small_bytes += size
+            if len(self.small) >= self.batch_files or self.small_bytes >= BATCH_READ_BYTES:
+                self._send_small()
+        elif self.latency_bound or size > INLINE_MAX or v._cheap_algorithms:
+            self._run(self._pool().submit(v._download, m, e, algorithms))
         elif self.use_process and len(self.batches) < 2:
             self.batch.append((m.path, algorithms))
             self.batch_pairs[m.path] = (m, e)
@@ -430,6 +457,26 @@ class _Dispatcher:
         self._submitted += 1
         if self.pending or (self.batches and self._submitted % 32 == 0):
             self._drain(block=False)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self.threads is None:
+            self.threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="reversib-verify")
+        return self.threads
+
+    def _run(self, future: Future[_Outcome] | Future[list[_Outcome]]) -> None:
+        """Queue a task's future; at most two per worker wait (memory stays bounded)."""
+        self.pending.append(future)
+        while len(self.pending) >= self.workers * 2:
+            self._take(self.pending.popleft().result())
+
+    def _take(self, result: _Outcome | list[_Outcome]) -> None:
+        for outcome in result if isinstance(result, list) else (result,):
+            self.v._collect(outcome)
+
+    def _send_small(self) -> None:
+        if self.small:
+            batch, self.small, self.small_bytes = self.small, [], 0
+            self._run(self._pool().submit(self.v._download_batch, batch))
 
     def _send_batch(self) -> None:
         if not self.batch:
@@ -447,7 +494,7 @@ class _Dispatcher:
     def _drain(self, block: bool) -> None:
         v = self.v
         while self.pending and (block or self.pending[0].done()):
-            v._collect(self.pending.popleft().result())
+            self._take(self.pending.popleft().result())
         while self.batches and (block or self.batches[0][0].done()):
             future, pairs = self.batches.popleft()
             for path, got, nbytes, error in future.result():
@@ -464,6 +511,7 @@ class _Dispatcher:
                     m, e = self.batch_pairs[path]
                     self.v._collect(self.v._download(m, e, algorithms))
                 self.batch = []
+                self._send_small()
                 self._drain(block=True)
             else:
                 self.v.source.cancel.cancel("verification aborted")

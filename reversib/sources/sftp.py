@@ -11,7 +11,10 @@
 * Reads are pipelined: 128 KiB READ requests, a window that grows from 2 to 32 outstanding
   requests (so that reading a 4 KiB manifest head costs one round trip), TCP_NODELAY, a large SSH
   window, and paramiko's client-initiated re-key deferred (paramiko #822).  Each verifier thread
-  borrows one connection of a small pool (`max_sessions`).
+  borrows one connection of a small pool (`max_sessions`).  Small files come in batches
+  (`open_many`, sftp_batch.py): the OPENs of up to 64 files in one packet, their READs in the next,
+  the CLOSEs with the following request -- about two round trips per batch instead of two per file.
+* Listing asks for a folder's realpath in the same packet as its OPENDIR.
 * A cut or stalled connection is resumed from the last byte handed to the caller on a new
   connection (`retries` times), inside the stream: the verifier sees one continuous stream.  Every
   wait is bounded: the idle timeout on each channel, the connect timeout and the per-file timeout
@@ -32,7 +35,7 @@ import shlex
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -46,11 +49,13 @@ from reversib.sources.base import (
     Capabilities,
     Entry,
     EntryType,
+    GuardedStream,
     RateLimiter,
     Source,
     SourceError,
     StoredDigests,
 )
+from reversib.sources.sftp_batch import Grew, Result, fetch
 from reversib.sources.sftp_conn import (
     EXEC_READ,
     REQUEST_SIZE,
@@ -86,6 +91,8 @@ HASH_TOOLS = {"md5": "md5sum", "sha1": "sha1sum", "sha224": "sha224sum", "sha256
               "sha384": "sha384sum", "sha512": "sha512sum", "blake2b": "b2sum"}
 EXEC_PROBE = b"reversib-exec-ok"
 EXEC_MIN_BYTES = 4 << 20  # smaller files are read over SFTP even with exec_stream (see _worth_a_command)
+BATCH_FILES = 64  # small files read together on one session (sftp_batch): about two round trips in all
+BATCH_FILE_MAX = 256 << 10  # listed size up to which a file is read in a batch (two READs at most)
 REMOTE_HASH_MIN_RATE = 20e6  # bytes/s assumed for the server's hash command when bounding its wait
 
 
@@ -116,7 +123,8 @@ class SftpSource(Source):
     @property
     def capabilities(self) -> Capabilities:
         algs = frozenset(HASH_TOOLS) if self.options.remote_hash else frozenset()
-        return Capabilities(digests_without_download=algs, latency_bound=True)
+        return Capabilities(digests_without_download=algs, latency_bound=True, batch_files=BATCH_FILES,
+                            batch_file_max=BATCH_FILE_MAX)
 
     @property
     def pool(self) -> Pool:
@@ -239,8 +247,21 @@ class SftpSource(Source):
         """One folder: its children in canonical order (name, is_dir) and the entries of the non-folders."""
 
         def work(conn: Conn) -> tuple[list[tuple[str, bool]], dict[str, Entry]]:
-            real = self._real_dir(conn, rel_dir)
-            children = conn.listdir(real)
+            root = self._root(conn)
+            real = self._dirs.get(rel_dir) if rel_dir else root
+            if real is not None:
+                children = conn.listdir(real)
+            else:  # the folder's realpath comes with its listing: checked before any name is read
+                found: list[str] = []
+
+                def inside(resolved: str) -> None:
+                    if not self._inside(root, resolved):
+                        raise PermissionError(f"refusing to open below {rel_dir}: it resolves outside the export "
+                                              "root")
+                    found.append(resolved)
+
+                children = conn.listdir(self._join(root, rel_dir), check=inside)
+                real = self._dirs[rel_dir] = found[0]
             keyed = sorted(((name + "/" if is_dir(a) else name), name, a) for name, a in children)
             order: list[tuple[str, bool]] = []
             entries: dict[str, Entry] = {}
@@ -360,6 +381,76 @@ class SftpSource(Source):
         if self.options.exec_stream and self._worth_a_command(path, offset) and self._exec_available():
             return _ExecStream(self, path, offset)  # type: ignore[return-value]
         return _SftpStream(self, path, offset)  # type: ignore[return-value]
+
+    def open_many(self, paths: Sequence[str]) -> Iterator[tuple[str, GuardedStream | OSError]]:
+        """Small files read together on one session (see sftp_batch), then handed over one by one from
+        memory (at most BATCH_FILES x BATCH_FILE_MAX bytes).  A file larger than BATCH_FILE_MAX, or one
+        that grew since it was listed, is opened as a stream when its turn comes."""
+        results = self._fetch_many(paths)
+        for i, path in enumerate(paths):
+            got = results[i]
+            if isinstance(got, Grew):
+                try:
+                    yield path, self.open_range(path)
+                except OSError as exc:
+                    yield path, exc
+            elif isinstance(got, OSError):
+                yield path, got
+            else:
+                yield path, GuardedStream(io.BytesIO(got), self.cancel, self.limiter, None)
+
+    def _fetch_many(self, paths: Sequence[str]) -> dict[int, Result]:
+        """Every file of `paths` by index: its bytes, its own error, or Grew (to be read as a stream).  A
+        connection that fails is replaced `retries` times and the files not finished are read again from
+        their start (nothing of them was handed over); then, or past `file_timeout` (all files of a batch
+        are in flight from its start), a SourceError: could not verify, never a pass."""
+        results: dict[int, Result] = {}
+        if not paths:
+            return results
+        o = self.options
+        deadline = time.monotonic() + o.file_timeout if o.file_timeout else None
+        attempts = 0
+        while True:
+            self.cancel.check()
+            pool = self.pool
+            conn = pool.acquire()
+            guard = pool.watchdog.watch(deadline, conn.transport, f"reading {len(paths)} small files") \
+                if deadline is not None else None
+            try:
+                files: dict[int, tuple[str, int]] = {}
+                for i, path in enumerate(paths):
+                    if i in results:
+                        continue
+                    try:
+                        real, size = self.resolve_for_read(conn, path)
+                    except _CONNECTION_FAILURES:
+                        raise
+                    except OSError as exc:  # refused, missing, not a regular file: this file's finding
+                        results[i] = exc
+                        continue
+                    if size is None or size > BATCH_FILE_MAX:
+                        results[i] = Grew()
+                    else:
+                        files[i] = (real, size)
+                fetch(conn, files, results)
+                return results
+            except TRANSPORT_ERRORS as exc:
+                conn.broken = True
+                where = f"{self.describe()}: reading {paths[0]} and {len(paths) - 1} more small files"
+                if guard is not None and guard.fired:
+                    raise SourceError(f"{where}: file_timeout ({o.file_timeout:g}s) exceeded") from exc
+                attempts += 1
+                if attempts > o.retries:
+                    raise SourceError(f"{where}: {_describe(exc)} (after {attempts - 1} retries; "
+                                      f"idle_timeout {o.idle_timeout:g}s)") from exc
+                log.warning("sftp %s: %s; retrying on a new connection", where, _describe(exc))
+            except BaseException:
+                conn.broken = True
+                raise
+            finally:
+                if guard is not None:
+                    pool.watchdog.unwatch(guard)
+                pool.release(conn)
 
     def _worth_a_command(self, path: str, offset: int) -> bool:
         """Stream over an exec channel only what is long enough to repay starting a command on the server

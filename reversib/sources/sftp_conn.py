@@ -17,7 +17,7 @@ import stat as statmod
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import paramiko
 from paramiko.sftp import (
     CMD_CLOSE,
+    CMD_HANDLE,
     CMD_LSTAT,
     CMD_NAME,
     CMD_OPENDIR,
@@ -326,18 +327,37 @@ class Conn:
         return SFTPAttributes._from_msg(self.request(CMD_STAT, fs_path(path)))
 
     def realpath(self, path: str) -> str:
-        msg = self.request(CMD_REALPATH, fs_path(path))
-        if msg.get_int() != 1:
-            raise ServerStatus(None, "realpath: unexpected answer")
-        return fs_name(msg.get_string())
+        return _one_name(self.request(CMD_REALPATH, fs_path(path)), "realpath")
 
-    def listdir(self, path: str, read_aheads: int = 16) -> list[tuple[str, SFTPAttributes]]:
-        """Every name in a folder with its lstat attributes (READDIR requests pipelined)."""
-        msg = self.request(CMD_OPENDIR, fs_path(path))
-        handle = msg.get_binary()
-        out: list[tuple[str, SFTPAttributes]] = []
+    def listdir(self, path: str, read_aheads: int = 16,
+                check: Callable[[str], None] | None = None) -> list[tuple[str, SFTPAttributes]]:
+        """Every name in a folder with its lstat attributes (READDIR requests pipelined).  With `check`, the
+        folder's realpath is asked for in the same SSH packet as the OPENDIR (a round trip saved per folder)
+        and handed to `check`, which may refuse it by raising, before any name is read."""
         box = Responses()
+        if check is None:
+            (opened,) = self.send(box, (CMD_OPENDIR, fs_path(path)))
+        else:
+            asked, opened = self.send(box, (CMD_REALPATH, fs_path(path)), (CMD_OPENDIR, fs_path(path)))
+        t, msg = self.wait(box, opened)
+        handle: bytes | None = None
+        refused: ServerStatus | None = None
+        if t == CMD_HANDLE:
+            handle = msg.get_binary()
+        elif t == CMD_STATUS:
+            refused = status_error(msg)[1] or ServerStatus(None, "OPENDIR failed without a reason")
+        else:
+            raise paramiko.SSHException(f"unexpected SFTP answer {t} to OPENDIR")
+        out: list[tuple[str, SFTPAttributes]] = []
         try:
+            if check is not None:
+                rt, rmsg = self.wait(box, asked)
+                if rt == CMD_STATUS:
+                    raise status_error(rmsg)[1] or ServerStatus(None, "realpath failed without a reason")
+                check(_one_name(rmsg, "realpath"))
+            if handle is None:
+                assert refused is not None
+                raise refused
             pending = self.send(box, *[(CMD_READDIR, handle)] * read_aheads)
             done = False
             while pending:
@@ -361,16 +381,13 @@ class Conn:
                         out.append((name, attrs))
                 pending += self.send(box, (CMD_READDIR, handle))
         finally:
-            if not self.broken:
+            if handle is not None and not self.broken:
                 with suppress(*TRANSPORT_ERRORS):
                     self.defer(CMD_CLOSE, handle)
         return out
 
     def readlink(self, path: str) -> str:
-        msg = self.request(CMD_READLINK, fs_path(path))
-        if msg.get_int() != 1:
-            raise ServerStatus(None, "readlink: unexpected answer")
-        return fs_name(msg.get_string())
+        return _one_name(self.request(CMD_READLINK, fs_path(path)), "readlink")
 
     def exec(self, command: bytes, timeout: float) -> Any:
         chan = self.transport.open_session(window_size=EXEC_WINDOW, max_packet_size=MAX_PACKET, timeout=timeout)
@@ -384,6 +401,13 @@ class Conn:
             self.sftp.close()
         with suppress(Exception):
             self.transport.close()
+
+
+def _one_name(msg: Any, what: str) -> str:
+    """The single name of an SSH_FXP_NAME answer (REALPATH, READLINK)."""
+    if msg.get_int() != 1:
+        raise ServerStatus(None, f"{what}: unexpected answer")
+    return fs_name(msg.get_string())
 
 
 _STATUS_ERRNO = {2: errno.ENOENT, 3: errno.EACCES}  # SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
