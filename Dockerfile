@@ -23,10 +23,13 @@ COPY --from=build /install /usr/local
 COPY config/ /etc/reversib/config/
 COPY checks/ /etc/reversib/checks/
 COPY samples/ /etc/reversib/samples/
+# MALLOC_ARENA_MAX=2: glibc gives each busy thread a malloc arena of its own; in the 10-minute soak the daemon's
+# RSS levelled off at ~110 MiB with the default and ~94 MiB with two arenas, at the same scheduling lag.
 ENV REVERSIB_CONFIG=/etc/reversib/config/reversib.yaml \
     REVERSIB_HISTORY_URL=sqlite:////var/lib/reversib/history.db \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2
 VOLUME ["/var/lib/reversib"]
 EXPOSE 8637
 USER ${UID}:${UID}

@@ -178,6 +178,11 @@ def soak(minutes: float, slow: int = 1000, fast: int = 50, days: int = 365, reve
     return result
 
 
+def _at(samples: list[tuple[float, float, float, int]], elapsed: float) -> float:
+    """The RSS (MiB) of the first sample taken at or after `elapsed` seconds."""
+    return next((s[1] for s in samples if s[0] >= elapsed), samples[-1][1])
+
+
 def _collect(db: Path, started: float, samples: list[tuple[float, float, float, int]], minutes: float, slow: int,
              fast: int, code: int, stop_s: float) -> dict[str, Any]:
     import sqlalchemy as sa
@@ -189,6 +194,11 @@ def _collect(db: Path, started: float, samples: list[tuple[float, float, float, 
                             .where(runs_t.c.trigger == "schedule",
                                    runs_t.c.started_at >= to_datetime(started))).all()
         skipped = conn.execute(sa.select(sa.func.count()).select_from(skipped_t)).scalar_one()
+        # runs that did not pass: (state, error), e.g. `interrupted` by the SIGTERM that ends the soak
+        failed = [(r.state, r.error) for r in conn.execute(
+            sa.select(runs_t.c.state, runs_t.c.error).where(runs_t.c.trigger == "schedule",
+                                                            runs_t.c.started_at >= to_datetime(started),
+                                                            runs_t.c.outcome != "passed"))]
     lags = [(s.replace(tzinfo=timezone.utc) - p.replace(tzinfo=timezone.utc)).total_seconds()
             for s, p, _ in rows if p is not None]
     outcomes: dict[str, int] = {}
@@ -205,9 +215,13 @@ def _collect(db: Path, started: float, samples: list[tuple[float, float, float, 
                   "max": round(max(lags, default=float("nan")), 4)},
         "rss_mib": {"first": round(samples[0][1], 1), "after_warmup": round(after_warm[0][1], 1),
                     "end": round(samples[-1][1], 1), "max": round(max(s[1] for s in samples), 1),
-                    "growth_after_warmup": round(samples[-1][1] - after_warm[0][1], 1)},
+                    "growth_after_warmup": round(samples[-1][1] - after_warm[0][1], 1),
+                    # a bounded growth (caches, allocator arenas filling) slows down; a leak does not
+                    "growth_second_half": round(samples[-1][1] - _at(samples, samples[-1][0] / 2), 1),
+                    "by_minute": [round(_at(samples, 60.0 * m), 1) for m in range(int(samples[-1][0] // 60) + 1)]},
         "scrape_s": {"median": round(statistics.median(scrapes), 4), "max": round(max(scrapes), 4),
                      "n": len(scrapes), "bytes": samples[-1][3], "all_ms": [round(x * 1000, 1) for x in scrapes]},
+        "not_passed": [{"state": st, "error": (err or "")[:300]} for st, err in failed[:20]],
         "exit_code": code, "stop_s": round(stop_s, 2),
     }
 
@@ -218,7 +232,9 @@ def render(r: dict[str, Any]) -> str:
             f"{r['skipped_slots']} skipped; lag p50 {r['lag_s']['p50'] * 1000:.0f} ms, p99 "
             f"{r['lag_s']['p99'] * 1000:.0f} ms, max {r['lag_s']['max'] * 1000:.0f} ms; RSS {r['rss_mib']['first']} "
             f"-> {r['rss_mib']['after_warmup']} (after warm-up) -> {r['rss_mib']['end']} MiB (growth "
-            f"{r['rss_mib']['growth_after_warmup']:+} MiB); /metrics median {r['scrape_s']['median'] * 1000:.0f} ms, "
+            f"{r['rss_mib']['growth_after_warmup']:+} MiB, {r['rss_mib']['growth_second_half']:+} MiB in the second "
+            f"half); "
+            f"/metrics median {r['scrape_s']['median'] * 1000:.0f} ms, "
             f"max {r['scrape_s']['max'] * 1000:.0f} ms ({r['scrape_s']['bytes']} bytes, {r['scrape_s']['n']} scrapes);"
             f" SIGTERM -> exit {r['exit_code']} in {r['stop_s']} s")
 
