@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr
@@ -27,7 +26,7 @@ from reversib.history import History, findings_t, runs_t
 from tests.cli_helpers import run_cli
 from tests.evidence.conftest import sh, write_export
 from tests.s3.conftest import Endpoint, running_endpoint
-from tests.s3.helpers import KEY_ID, SECRET
+from tests.s3.helpers import KEY_ID, SECRET, isolate_aws
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +37,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 
 @pytest.fixture(autouse=True)
 def _aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
+    isolate_aws(monkeypatch, tmp_path)
     monkeypatch.setenv("REVERSIB_TEST_S3_SECRET", SECRET)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def options(moto: Endpoint) -> dict[str, Any]:

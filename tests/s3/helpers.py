@@ -11,6 +11,18 @@ KEY_ID = "AKIATESTREVERSIB0001"
 SECRET = "reversib-test-secret-Zq8vX3"
 
 
+def isolate_aws(monkeypatch: Any, tmp_path: Path) -> None:
+    """No AWS_* variable of the caller's, no ~/.aws files, no instance metadata look-ups."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 def upload_tree(s3: Any, bucket: str, prefix: str, root: Path, **put: Any) -> list[str]:
     """Upload every file below `root` to `bucket` under `prefix` ("" or "x/"); return the keys."""
     keys = []
