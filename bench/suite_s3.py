@@ -8,6 +8,9 @@ Cases (each a fresh endpoint process, data uploaded once per run):
 * `small`: 10,000 objects x 4 KiB (smoke: 60) behind 10 ms of added latency per request (as a real
   provider has; moto alone serves only ~250 small requests/s, whatever the concurrency); objects/s.
 
+For `small` the endpoint runs on cheroot (keep-alive, as real S3; werkzeug's development server closes every
+connection and caps moto near 250 small requests/s on 2 cores, whatever the tool); for `large` on werkzeug
+(cheroot sends moto's 1 GiB body at ~15 MB/s).
 Every tool gets the same boto3 environment (`AWS_ENDPOINT_URL_S3`, keys, `AWS_RESPONSE_CHECKSUM_VALIDATION=
 when_required`).  Notes give each tool's client CPU seconds per object (user+sys from wait4).
 Registered into bench/run.py by `install(harness_module)`.
@@ -34,6 +37,9 @@ REPO = BENCH_DIR.parent
 KEY_ID, SECRET = "AKIABENCHREVERSIB001", "bench-secret-not-real"
 BUCKET, PREFIX = "reversib-bench", "export/"
 LATENCY_S = 0.010
+# The endpoint's HTTP server per case: cheroot keeps connections alive (as real S3 does) where werkzeug closes
+# each one, which caps moto near 250 small requests/s; but cheroot sends a 1 GiB body at ~15 MB/s.
+SERVER = {"large": "werkzeug", "small": "cheroot"}
 
 
 def install(h: ModuleType) -> None:
@@ -56,7 +62,7 @@ def install(h: ModuleType) -> None:
         for case in selected:
             spec = (smoke if ctx.smoke else full)[case]
             ds = h.build_dataset(spec, ctx.data_dir / "s3" / case, ctx.tools.sha256sum)
-            with _Endpoint(ctx.scratch) as ep:
+            with _Endpoint(ctx.scratch, SERVER[case]) as ep:
                 t0 = time.perf_counter()
                 _upload(ep.url, ds.plain)
                 h.log(f"s3/{case}: uploaded {spec.describe()} in {time.perf_counter() - t0:.1f} s")
@@ -145,15 +151,17 @@ def _targets(h: ModuleType, rows: list[Any]) -> list[Any]:
 class _Endpoint:
     """`python -m tests.s3.endpoint` (moto + fault layer) on 127.0.0.1, killed by its PID on exit."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, server: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="moto-", dir=scratch))
+        self.server = server
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def __enter__(self) -> _Endpoint:
         port_file = self.dir / "port"
         with open(self.dir / "log", "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.s3.endpoint", "--port-file", str(port_file)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.s3.endpoint", "--port-file", str(port_file),
+                                          "--server", self.server],
                                          cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not port_file.exists():

@@ -56,6 +56,7 @@ from reversib.sources.base import (
     SourceError,
     StoredDigests,
 )
+from reversib.sources.s3_direct import DirectGet
 from reversib.sources.s3_options import S3Options
 
 log = logging.getLogger("reversib.sources.s3")
@@ -234,6 +235,7 @@ class S3Stats:
         self.heads = 0
         self.lists = 0
         self.resumes = 0
+        self.direct_gets = 0  # GETs answered through the direct path (s3_direct.py), counted in `gets` too
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -253,6 +255,7 @@ class _Connection:
         self.protection_logged = False
         self.buckets_seen: set[str] = set()
         self.read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_OBJECTS)
+        self.direct: DirectGet | None = None  # GETs without botocore's pipeline (s3_direct.py)
 
     def configured_endpoint(self) -> str:
         return (self.endpoint or self.options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -277,6 +280,9 @@ class _Connection:
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            direct, self.direct = self.direct, None
+        if direct is not None:
+            direct.close()
         if client is not None:
             try:
                 client.close()
@@ -341,6 +347,10 @@ class _Connection:
             self._assume_role(session, region, verify, config, place)
         client = session.client("s3", endpoint_url=o.endpoint_url, verify=verify, config=config)
         self.endpoint = client.meta.endpoint_url
+        if o.direct_get:
+            explicit = o.response_checksum_validation or os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION")
+            self.direct = DirectGet.for_client(client, session.get_credentials(), verify,
+                                               explicit.strip().lower() if explicit else None)
         return client
 
     def _assume_role(self, session: Any, region: str, verify: bool | str, config: Any, place: str) -> None:
@@ -708,8 +718,8 @@ class S3Source(Source):
             return
         s = self._conn.stats
         if s.gets or s.heads or s.lists:
-            log.debug("%s: %d GET, %d HEAD, %d LIST requests, %d resumed reads", self.describe(), s.gets, s.heads,
-                      s.lists, s.resumes)
+            log.debug("%s: %d GET (%d direct), %d HEAD, %d LIST requests, %d resumed reads", self.describe(), s.gets,
+                      s.direct_gets, s.heads, s.lists, s.resumes)
         self._conn.close()
 
 
@@ -788,8 +798,11 @@ class _ResumingStream:
         if self._etag:
             request["IfMatch"] = self._etag
         name = f"s3://{src.bucket}/{self._key}"
+        answer = self._direct(request)
         try:
-            answer = src._client().get_object(**request)
+            if answer is None:
+                src.stats.add("gets")
+                answer = src._client().get_object(**request)
         except bx.ClientError as exc:
             code = _code(exc)
             if code in _MISSING_KEY_CODES:
@@ -805,8 +818,6 @@ class _ResumingStream:
             raise OSError(errno.EIO, f"{name}: {_short_error(exc)}") from None
         except bx.BotoCoreError as exc:
             raise src._place_error(exc, "read") from None
-        finally:
-            src.stats.add("gets")
         self._etag = self._etag or answer.get("ETag")
         body = answer["Body"]
         content_range = str(answer.get("ContentRange") or "")
@@ -827,6 +838,21 @@ class _ResumingStream:
         if self._range_end is not None and self._end is not None:
             self._end = min(self._end, self._range_end)
         self._body = body
+
+    def _direct(self, request: dict[str, str]) -> dict[str, Any] | None:
+        """The answer of the direct path (s3_direct.py) when it is on and answers; None: ask boto3."""
+        src = self._src
+        direct = src._conn.direct
+        if direct is None or not direct.enabled:
+            return None
+        headers = {"Range": request["Range"]} if "Range" in request else {}
+        if "IfMatch" in request:
+            headers["If-Match"] = request["IfMatch"]
+        answer = direct.get(src.bucket, self._key, headers)
+        if answer is not None:
+            src.stats.add("gets")
+            src.stats.add("direct_gets")
+        return answer
 
     def _resume(self, exc: BaseException) -> None:
         src = self._src

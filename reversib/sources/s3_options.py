@@ -67,6 +67,11 @@ class S3Options(BaseModel):
                                                "and hashing overlap")
     max_resumes: int = Field(5, ge=0, le=100, description="ranged re-requests of one object after a cut "
                                                           "connection")
+    direct_get: bool = Field(True, description="send object GETs signed by botocore's signer over botocore's "
+                                               "HTTP session but outside boto3's request pipeline (about half "
+                                               "the client CPU per small object); any answer but 200/206 goes "
+                                               "through boto3 and turns it off for the run; never used when "
+                                               "boto3 validates response checksums")
 
     @model_validator(mode="after")
     def _credentials(self) -> S3Options:

@@ -1,6 +1,6 @@
 """A real S3 HTTP endpoint on 127.0.0.1 for tests and benchmarks: moto's server app behind a fault layer.
 
-    python -m tests.s3.endpoint --port-file /tmp/port [--latency 0.01]
+    python -m tests.s3.endpoint --port-file /tmp/port [--latency 0.01] [--server werkzeug|cheroot]
 
 runs moto's S3 (and STS) WSGI application in its own process, on 127.0.0.1 only, wrapped in
 `FaultLayer`, which a test steers over HTTP (`/_faults/...`, never forwarded to moto):
@@ -12,6 +12,13 @@ runs moto's S3 (and STS) WSGI application in its own process, on 127.0.0.1 only,
   `path`; answer `403 InvalidAccessKeyId` to any request signed with a listed key id;
 * `GET /_faults/requests`: every S3 request seen since the last reset, `[method, path, range]`;
 * `POST /_faults/reset`: no faults, no requests.
+
+The HTTP server is werkzeug's (moto's own, the default: the tests' `cut` fault shuts its socket) or,
+with `--server cheroot`, CherryPy's cheroot, which keeps connections alive as real S3 does (werkzeug's
+development server closes every connection after one answer, which caps moto near 250 small requests
+per second on 2 cores; cheroot ~360): the small-object benchmark uses it, so that the store is not what it
+measures (cheroot sends a 1 GiB body at ~15 MB/s: the large one stays on werkzeug).
+A `cut` fault needs werkzeug and is refused otherwise.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ def _xml_error(code: str, message: str) -> bytes:
 
 
 class FaultLayer:
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, can_cut: bool = True) -> None:
         self.app = app
+        self.can_cut = can_cut
         self.lock = threading.Lock()
         self.reset()
 
@@ -55,6 +63,8 @@ class FaultLayer:
             self.requests: list[list[str | None]] = []
 
     def configure(self, conf: dict[str, Any]) -> None:
+        if conf.get("cut") and not self.can_cut:
+            raise ValueError("the cut fault needs the werkzeug server (--server werkzeug)")
         with self.lock:
             self.latency = float(conf.get("latency", self.latency))
             self.slowdown = int(conf.get("slowdown", self.slowdown))
@@ -147,25 +157,45 @@ class FaultLayer:
         return [data]
 
 
+def _write_port(port_file: str, port: int) -> None:
+    tmp = port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.replace(tmp, port_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file", required=True, help="the chosen port is written here once listening")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every S3 request")
+    p.add_argument("--server", choices=("werkzeug", "cheroot"), default="werkzeug",
+                   help="HTTP server: werkzeug (moto's; closes each connection) or cheroot (keep-alive)")
     args = p.parse_args(argv)
     os.environ.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "true")
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    layer = FaultLayer(DomainDispatcherApplication(create_backend_app))
+    app = DomainDispatcherApplication(create_backend_app)
+    if args.server == "cheroot":
+        from cheroot import wsgi
+
+        layer = FaultLayer(app, can_cut=False)
+        layer.latency = args.latency
+        httpd = wsgi.Server(("127.0.0.1", args.port), layer, numthreads=64, request_queue_size=256)
+        httpd.prepare()
+        _write_port(args.port_file, int(httpd.bind_addr[1]))
+        try:
+            httpd.serve()
+        except KeyboardInterrupt:
+            httpd.stop()
+        return 0
+    layer = FaultLayer(app)
     layer.latency = args.latency
     server = make_server("127.0.0.1", args.port, layer, threaded=True, request_handler=MotoRequestHandler)
     server.daemon_threads = True
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(server.server_port))
-    os.replace(tmp, args.port_file)
+    _write_port(args.port_file, server.server_port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -34,6 +34,24 @@ def upload_tree(s3: Any, bucket: str, prefix: str, root: Path, **put: Any) -> li
     return keys
 
 
+def s3_source(endpoint: Any, url: str, **more: Any) -> Any:
+    """An S3Source of `url` on the test endpoint, with s3_options(**more)."""
+    from reversib.sources.s3 import S3Source
+    from reversib.sources.s3_options import S3Options
+
+    return S3Source(url, S3Options.model_validate(s3_options(endpoint.url, **more)))
+
+
+def upload_export(tmp: Path, s3: Any, bucket: str, prefix: str, files: dict[str, bytes]) -> Path:
+    """`files` written to tmp/export with a SHA256SUMS by the real sha256sum, uploaded under `prefix`."""
+    from tests.helpers import make_export, run_tool
+
+    root = make_export(tmp / "export", files)
+    run_tool(["sha256sum"], root, "SHA256SUMS")
+    upload_tree(s3, bucket, prefix, root)
+    return root
+
+
 def s3_options(endpoint_url: str, **more: Any) -> dict[str, Any]:
     """A `source.s3` block with explicit keys (the secret by environment variable) and fast retries."""
     return {"endpoint_url": endpoint_url, "addressing_style": "path", "access_key_id": KEY_ID,

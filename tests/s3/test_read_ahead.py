@@ -20,9 +20,8 @@ from reversib.sources.base import Cancelled, CancelToken
 from reversib.sources.s3 import ETAG_KEY, S3Source
 from reversib.sources.s3_options import S3Options
 from reversib.verify import VerifyOptions, verify
-from tests.helpers import make_export, run_tool
 from tests.s3.conftest import Endpoint
-from tests.s3.helpers import s3_options, upload_tree
+from tests.s3.helpers import s3_options, s3_source, upload_export
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
@@ -34,14 +33,6 @@ def _small_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(s3mod, "READ_AHEAD_CHUNKS", 2)
 
 
-def _source(endpoint: Endpoint, url: str, **more: Any) -> S3Source:
-    return S3Source(url, S3Options.model_validate(s3_options(endpoint.url, **more)))
-
-
-def _export(tmp: Path, s3: Any, bucket: str, files: dict[str, bytes]) -> None:
-    root = make_export(tmp / "export", files)
-    run_tool(["sha256sum"], root, "SHA256SUMS")
-    upload_tree(s3, bucket, "p/", root)
 
 
 def _gets(endpoint: Endpoint, bucket: str, key: str) -> list[str | None]:
@@ -55,24 +46,24 @@ def _read_ahead_threads() -> list[threading.Thread]:
 def test_stream_is_read_ahead_and_complete(s3: Any, bucket: str, endpoint: Endpoint) -> None:
     data = os.urandom(500_000)
     s3.put_object(Bucket=bucket, Key="p/a.bin", Body=data)
-    with _source(endpoint, f"s3://{bucket}/p") as src, src.open_range("a.bin") as stream:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src, src.open_range("a.bin") as stream:
         assert stream._raw._thread is not None  # type: ignore[attr-defined]
         got = bytearray()
         buf = bytearray(7000)  # reads smaller than the read-ahead chunks
         while n := stream.readinto(buf):
             got += buf[:n]
     assert bytes(got) == data
-    with _source(endpoint, f"s3://{bucket}/p", read_ahead=False) as src, src.open_range("a.bin") as stream:
+    with s3_source(endpoint, f"s3://{bucket}/p", read_ahead=False) as src, src.open_range("a.bin") as stream:
         assert stream._raw._thread is None  # type: ignore[attr-defined]
         assert stream.read() == data
 
 
 def test_cut_connection_resumes_in_the_read_ahead_thread(tmp_path: Path, s3: Any, bucket: str,
                                                          endpoint: Endpoint) -> None:
-    _export(tmp_path, s3, bucket, {"big.bin": os.urandom(300_000), "small.txt": b"small\n"})
+    upload_export(tmp_path, s3, bucket, "p/", {"big.bin": os.urandom(300_000), "small.txt": b"small\n"})
     endpoint.reset()
     endpoint.faults(cut={f"/{bucket}/p/big.bin": 100_000})
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         report = verify(src, load_manifest(src, "SHA256SUMS"), VerifyOptions())
         assert report.findings == [] and report.files_verified == 2 and report.bytes_verified == 300_006
         assert src.stats.resumes == 1
@@ -81,9 +72,9 @@ def test_cut_connection_resumes_in_the_read_ahead_thread(tmp_path: Path, s3: Any
 
 def test_too_many_cuts_in_the_read_ahead_thread_is_unreadable(tmp_path: Path, s3: Any, bucket: str,
                                                                endpoint: Endpoint) -> None:
-    _export(tmp_path, s3, bucket, {"big.bin": os.urandom(50_000)})
+    upload_export(tmp_path, s3, bucket, "p/", {"big.bin": os.urandom(50_000)})
     endpoint.faults(cut={f"/{bucket}/p/big.bin": 10})
-    with _source(endpoint, f"s3://{bucket}/p", max_resumes=0) as src:
+    with s3_source(endpoint, f"s3://{bucket}/p", max_resumes=0) as src:
         report = verify(src, load_manifest(src, "SHA256SUMS"), VerifyOptions())
     assert [(f.kind.value, f.path) for f in report.findings] == [("unreadable", "big.bin")]
     assert "connection broken 1 times" in (report.findings[0].actual or "")
@@ -91,10 +82,10 @@ def test_too_many_cuts_in_the_read_ahead_thread_is_unreadable(tmp_path: Path, s3
 
 def test_flipped_bit_is_caught_through_the_read_ahead(tmp_path: Path, s3: Any, bucket: str,
                                                       endpoint: Endpoint) -> None:
-    _export(tmp_path, s3, bucket, {"data.bin": os.urandom(70_000)})
+    upload_export(tmp_path, s3, bucket, "p/", {"data.bin": os.urandom(70_000)})
     endpoint.reset()
     endpoint.faults(flip={f"/{bucket}/p/data.bin": [4321, 2]})
-    with _source(endpoint, f"s3://{bucket}/p", response_checksum_validation="when_required") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p", response_checksum_validation="when_required") as src:
         report = verify(src, load_manifest(src, "SHA256SUMS"), VerifyOptions())
     assert [(f.kind.value, f.detail) for f in report.findings] == [("digest_mismatch",
                                                                     "confirmed by a second download")]
@@ -106,7 +97,7 @@ def test_part_digests_in_the_read_ahead_thread(tmp_path: Path, s3: Any, bucket: 
     s3.upload_file(str(tmp_path / "big.bin"), bucket, "p/big.bin",
                    Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))
     etag = s3.head_object(Bucket=bucket, Key="p/big.bin")["ETag"].strip('"')
-    with _source(endpoint, f"s3://{bucket}/p") as src, src.open_range("big.bin") as stream:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src, src.open_range("big.bin") as stream:
         h = hashlib.sha256()
         while chunk := stream.read(1 << 20):
             h.update(chunk)
@@ -119,7 +110,7 @@ def test_part_digests_in_the_read_ahead_thread(tmp_path: Path, s3: Any, bucket: 
 def test_closing_half_read_stops_the_thread(s3: Any, bucket: str, endpoint: Endpoint) -> None:
     s3.put_object(Bucket=bucket, Key="p/a.bin", Body=os.urandom(2 << 20))
     before = len(_read_ahead_threads())
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         with src.open_range("a.bin") as stream:
             assert len(stream.read(1000)) == 1000
         deadline = time.monotonic() + 5
@@ -145,7 +136,7 @@ def test_read_ahead_objects_are_bounded(s3: Any, bucket: str, endpoint: Endpoint
     monkeypatch.setattr(s3mod, "READ_AHEAD_OBJECTS", 2)
     data = os.urandom(300_000)
     s3.put_object(Bucket=bucket, Key="p/a.bin", Body=data)
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         streams = [src.open_range("a.bin") for _ in range(3)]
         assert [s._raw._thread is not None for s in streams] == [True, True, False]  # type: ignore[attr-defined]
         assert all(s.read() == data for s in streams)  # the third is read directly

@@ -21,22 +21,12 @@ from reversib.sources.s3 import S3Source, parse_s3_url
 from reversib.sources.s3_options import S3Options
 from reversib.verify import VerifyOptions, verify
 from tests.cli_helpers import findings_of, run_cli, verify_json
-from tests.helpers import make_export, run_tool
 from tests.s3.conftest import Endpoint
-from tests.s3.helpers import KEY_ID, SECRET, s3_options, upload_tree, write_check
+from tests.s3.helpers import KEY_ID, SECRET, s3_options, s3_source, upload_export, write_check
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
 
-def _source(endpoint: Endpoint, url: str, **more: Any) -> S3Source:
-    return S3Source(url, S3Options.model_validate(s3_options(endpoint.url, **more)))
-
-
-def _export(tmp: Path, s3: Any, bucket: str, prefix: str, files: dict[str, bytes]) -> Path:
-    root = make_export(tmp / "export", files)
-    run_tool(["sha256sum"], root, "SHA256SUMS")
-    upload_tree(s3, bucket, prefix, root)
-    return root
 
 
 def _gets(endpoint: Endpoint, bucket: str, key: str) -> list[str | None]:
@@ -95,7 +85,7 @@ def test_listing_is_canonical_across_pages(s3: Any, bucket: str, endpoint: Endpo
     s3.put_object(Bucket=bucket, Key="p", Body=b"the prefix itself is not below it")
     s3.put_object(Bucket=bucket, Key="pq/x", Body=b"a sibling prefix")
     monkeypatch.setattr(s3mod, "PAGE_SIZE", 3)
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         entries = list(src.iter_entries())
         paths = [e.path for e in entries]
         assert paths == sorted(k[2:] for k in keys)  # code-point order == UTF-8 byte order
@@ -108,20 +98,20 @@ def test_listing_is_canonical_across_pages(s3: Any, bucket: str, endpoint: Endpo
 
 
 def test_missing_bucket_is_a_source_error(endpoint: Endpoint) -> None:
-    with _source(endpoint, "s3://no-such-bucket-here/p") as src, pytest.raises(SourceError) as err:
+    with s3_source(endpoint, "s3://no-such-bucket-here/p") as src, pytest.raises(SourceError) as err:
         list(src.iter_entries())
     assert "bucket no-such-bucket-here does not exist at " + endpoint.url in str(err.value)
-    with _source(endpoint, "s3://no-such-bucket-here/p") as src, pytest.raises(SourceError, match="does not exist"):
+    with s3_source(endpoint, "s3://no-such-bucket-here/p") as src, pytest.raises(SourceError, match="does not exist"):
         src.stat("SHA256SUMS")  # a HEAD's bare 404 is not taken for a missing key
 
 
 def test_protection_status(s3: Any, endpoint: Endpoint, bucket: str) -> None:
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         assert src.describe_protection() == {"versioning": "never enabled", "object_lock": "not enabled"}
     s3.create_bucket(Bucket=bucket + "-locked", ObjectLockEnabledForBucket=True)
     s3.put_object_lock_configuration(Bucket=bucket + "-locked", ObjectLockConfiguration={
         "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 30}}})
-    with _source(endpoint, f"s3://{bucket}-locked/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}-locked/p") as src:
         assert src.describe_protection() == {"versioning": "Enabled",
                                              "object_lock": "enabled, default retention COMPLIANCE 30 days"}
 
@@ -131,7 +121,7 @@ def test_protection_status(s3: Any, endpoint: Endpoint, bucket: str) -> None:
 def test_adhoc_manifest_in_the_bucket(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """`verify-now --source s3://b/p --manifest s3://b/p/SHA256SUMS` with only boto3's standard environment."""
-    _export(tmp_path, s3, bucket, "p/", {"a.txt": b"a\n", "sub/b c.txt": b"b\n"})
+    upload_export(tmp_path, s3, bucket, "p/", {"a.txt": b"a\n", "sub/b c.txt": b"b\n"})
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint.url)
     url = f"s3://{bucket}/p"
     for args in (["--manifest", f"{url}/SHA256SUMS"], []):  # given, then found at the export root
@@ -149,7 +139,7 @@ def test_adhoc_manifest_in_the_bucket(tmp_path: Path, s3: Any, bucket: str, endp
 
 def test_stored_checksums_tier(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
     files = {"a.bin": os.urandom(5000), "b/c.txt": b"hello\n"}
-    root = _export(tmp_path, s3, bucket, "p/", {})
+    root = upload_export(tmp_path, s3, bucket, "p/", {})
     for rel, data in files.items():
         s3.put_object(Bucket=bucket, Key="p/" + rel, Body=data, ChecksumAlgorithm="SHA256")
     sums = "".join(f"{hashlib.sha256(d).hexdigest()}  {r}\n" for r, d in sorted(files.items()))
@@ -186,13 +176,13 @@ def test_etag_is_md5_only_for_single_part_unencrypted(s3: Any, bucket: str, endp
     data = b"etag me\n"
     s3.put_object(Bucket=bucket, Key="p/plain", Body=data)
     s3.put_object(Bucket=bucket, Key="p/kms", Body=data, ServerSideEncryption="aws:kms")
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         by_path = {e.path: e for e in src.iter_entries()}
         got = src.digests_without_download(by_path["plain"], ("md5", "sha256"))
         assert got is not None and got.digests == {"md5": hashlib.md5(data).hexdigest()}
         assert got.tier == "stored_checksum"
         assert src.digests_without_download(by_path["kms"], ("md5",)) is None
-    with _source(endpoint, f"s3://{bucket}/p", trust_etag_md5=False) as src:
+    with s3_source(endpoint, f"s3://{bucket}/p", trust_etag_md5=False) as src:
         assert src.digests_without_download(by_path["plain"], ("md5",)) is None
 
 
@@ -200,7 +190,7 @@ def test_etag_is_md5_only_for_single_part_unencrypted(s3: Any, bucket: str, endp
 
 def test_slowdown_bursts_are_retried(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
     files = {f"f{i:02d}.txt": f"file {i}\n".encode() for i in range(12)}
-    _export(tmp_path, s3, bucket, "p/", files)
+    upload_export(tmp_path, s3, bucket, "p/", files)
     cfg = write_check(tmp_path, "slow", {"source": {"url": f"s3://{bucket}/p",
                                                     "s3": s3_options(endpoint.url, max_attempts=5)}})
     endpoint.reset()
@@ -218,10 +208,10 @@ def test_slowdown_bursts_are_retried(tmp_path: Path, s3: Any, bucket: str, endpo
 def test_cut_connection_resumes_with_one_ranged_get(tmp_path: Path, s3: Any, bucket: str,
                                                     endpoint: Endpoint) -> None:
     data = os.urandom(300_000)
-    _export(tmp_path, s3, bucket, "p/", {"big.bin": data, "small.txt": b"small\n"})
+    upload_export(tmp_path, s3, bucket, "p/", {"big.bin": data, "small.txt": b"small\n"})
     endpoint.reset()
     endpoint.faults(cut={f"/{bucket}/p/big.bin": 100_000})
-    with _source(endpoint, f"s3://{bucket}/p") as src:
+    with s3_source(endpoint, f"s3://{bucket}/p") as src:
         manifest = load_manifest(src, "SHA256SUMS")
         report = verify(src, manifest, VerifyOptions())
         assert report.findings == [] and report.files_verified == 2 and report.bytes_verified == 300_006
@@ -230,7 +220,7 @@ def test_cut_connection_resumes_with_one_ranged_get(tmp_path: Path, s3: Any, buc
 
 
 def test_cut_connection_through_the_cli(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
-    _export(tmp_path, s3, bucket, "p/", {"big.bin": os.urandom(200_000)})
+    upload_export(tmp_path, s3, bucket, "p/", {"big.bin": os.urandom(200_000)})
     cfg = write_check(tmp_path, "cut", {"source": {"url": f"s3://{bucket}/p", "s3": s3_options(endpoint.url)}})
     endpoint.reset()
     endpoint.faults(cut={f"/{bucket}/p/big.bin": 150_001})
@@ -240,9 +230,9 @@ def test_cut_connection_through_the_cli(tmp_path: Path, s3: Any, bucket: str, en
 
 
 def test_too_many_cuts_is_unreadable(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
-    _export(tmp_path, s3, bucket, "p/", {"big.bin": os.urandom(50_000)})
+    upload_export(tmp_path, s3, bucket, "p/", {"big.bin": os.urandom(50_000)})
     endpoint.faults(cut={f"/{bucket}/p/big.bin": 10})
-    with _source(endpoint, f"s3://{bucket}/p", max_resumes=0) as src:
+    with s3_source(endpoint, f"s3://{bucket}/p", max_resumes=0) as src:
         report = verify(src, load_manifest(src, "SHA256SUMS"), VerifyOptions())
     assert [(f.kind.value, f.path) for f in report.findings] == [("unreadable", "big.bin")]
     assert "connection broken 1 times" in (report.findings[0].actual or "")
@@ -256,7 +246,7 @@ def test_flipped_bit_in_transfer_is_rechecked(tmp_path: Path, s3: Any, bucket: s
                                               times: int, severity: str, detail: str, code: int) -> None:
     """boto3's response validation off (as many S3-compatible stores need): reversib's own digest catches the
     flipped bit, and one more download tells a transfer fault from the stored data."""
-    _export(tmp_path, s3, bucket, "p/", {"data.bin": os.urandom(70_000), "ok.txt": b"ok\n"})
+    upload_export(tmp_path, s3, bucket, "p/", {"data.bin": os.urandom(70_000), "ok.txt": b"ok\n"})
     opts = s3_options(endpoint.url, response_checksum_validation="when_required")
     cfg = write_check(tmp_path, "flip", {"source": {"url": f"s3://{bucket}/p", "s3": opts}})
     endpoint.reset()
@@ -282,7 +272,7 @@ def test_errors_name_the_endpoint_never_the_secret(tmp_path: Path, s3: Any, buck
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "Sup3r-Secret-Value-never-printed/+="
     monkeypatch.setenv("PROVIDER_S3_SECRET", secret)
-    _export(tmp_path, s3, bucket, "p/", {"a.txt": b"a\n"})
+    upload_export(tmp_path, s3, bucket, "p/", {"a.txt": b"a\n"})
     url = endpoint.url if fault == "wrong_credentials" else f"http://127.0.0.1:{_closed_port()}"
     opts = s3_options(url, access_key_id="AKIAWRONGKEY00000000", secret_access_key_env="PROVIDER_S3_SECRET",
                       max_attempts=2)
@@ -309,7 +299,7 @@ def test_errors_name_the_endpoint_never_the_secret(tmp_path: Path, s3: Any, buck
 
 
 def test_role_is_assumed(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
-    _export(tmp_path, s3, bucket, "p/", {"a.txt": b"a\n"})
+    upload_export(tmp_path, s3, bucket, "p/", {"a.txt": b"a\n"})
     opts = s3_options(endpoint.url, role_arn="arn:aws:iam::123456789012:role/reader", external_id="x-1",
                       sts_endpoint_url=endpoint.url)
     with open_source(f"s3://{bucket}/p", CheckConfig.model_validate(
