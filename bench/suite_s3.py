@@ -151,7 +151,7 @@ def _targets(h: ModuleType, rows: list[Any]) -> list[Any]:
 class _Endpoint:
     """`python -m tests.s3.endpoint` (moto + fault layer) on 127.0.0.1, killed by its PID on exit."""
 
-    def __init__(self, scratch: Path, server: str) -> None:
+    def __init__(self, scratch: Path, server: str = "werkzeug") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="moto-", dir=scratch))
         self.server = server
         self.proc: subprocess.Popen[bytes] | None = None
