@@ -70,8 +70,8 @@ class S3Options(BaseModel):
     direct_get: bool = Field(True, description="send object GETs signed by botocore's signer over botocore's "
                                                "HTTP session but outside boto3's request pipeline (about half "
                                                "the client CPU per small object); any answer but 200/206 goes "
-                                               "through boto3 and turns it off for the run; never used when "
-                                               "boto3 validates response checksums")
+                                               "through boto3 and turns it off for the run; not used when "
+                                               "response_checksum_validation is when_supported explicitly")
 
     @model_validator(mode="after")
     def _credentials(self) -> S3Options:
