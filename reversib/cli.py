@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -549,6 +550,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+# Start-up allocates a few hundred thousand long-lived objects (pydantic's validators, SQLAlchemy's
+# tables and constructs).  Python's cyclic collector would traverse them again and again while they are
+# made, and once more at exit: about a third of a verify-now's start-up on the bench machine
+# (docs/development.md, "Start-up").  So `run()` turns the collector off while the command's modules load,
+# `_settle_gc()` moves what start-up made out of the collector's reach (gc.freeze) and turns it back on
+# before any work whose size depends on the data, and `run()` freezes again on the way out.
+_OPENS_HISTORY = frozenset({"verify-now", "run", "checks", "history", "audit", "report"})
+
+
+def _settle_gc() -> None:
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 COMMANDS = {"audit": cmd_audit, "report": cmd_report,
             "verify-now": cmd_verify_now, "run": cmd_run, "check-config": cmd_check_config, "checks": cmd_checks,
             "history": cmd_history, "manifest": cmd_manifest}
@@ -566,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     from reversib.config import ConfigError
 
+    if args.command in _OPENS_HISTORY:
+        import reversib.history  # noqa: F401  (loaded before the collector is settled: see _settle_gc)
+    _settle_gc()
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -586,9 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:  # console-script entry point
+    gc.disable()  # until _settle_gc(), and frozen again before exit: see there
     try:
         code = main()
         sys.stdout.flush()
+        gc.freeze()
     except BrokenPipeError:
         # The reader of our output went away (`reversib ... | head`): the run is recorded all the same;
         # exit as a command stopped by SIGPIPE does, without a traceback (Python's documented recipe).

@@ -4,8 +4,10 @@ Every run is recorded as `running` before any work starts and completed in one t
 `finish_run`, so a crash leaves a `running` row that `reap_dead_runs` later marks `interrupted`:
 a run that never finished is never reported as passed.
 
-The schema is managed by Alembic (`reversib/migrations/`), but Alembic is imported only when the
-database is not already at `SCHEMA_REVISION`: the common start-up costs one query.
+The schema is managed by Alembic (`reversib/migrations/`), but Alembic is imported only when an
+existing database is behind `SCHEMA_REVISION`: the common start-up costs one query, and a new (empty)
+database is created at the head straight from the table definitions and stamped, as Alembic's cookbook
+describes ("building an up to date database from scratch"); a test holds both routes to the same schema.
 
 Timestamps come from the clock passed in (epoch seconds) and are stored as tz-aware UTC.
 Messages never show the database password: they use `describe()`.
@@ -479,6 +481,24 @@ def create_history_engine(url: str) -> Engine:
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
+# Alembic's version table, as Alembic itself defines it (alembic.ddl.impl.DefaultImpl.version_table_impl).
+_alembic_version_t = sa.Table(
+    "alembic_version", sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
+
+
+def create_at_head(conn: Connection) -> None:
+    """Create every history table of an empty database at SCHEMA_REVISION, stamped as Alembic would.
+
+    `Base.metadata` is the head: tests compare it with what the migrations build, table by table.
+    """
+    Base.metadata.create_all(conn, checkfirst=False)
+    _alembic_version_t.create(conn, checkfirst=False)
+    conn.execute(_alembic_version_t.insert().values(version_num=SCHEMA_REVISION))
+
+
 def alembic_config() -> Any:
     """A programmatic Alembic config (no alembic.ini needed).  Imports alembic."""
     from alembic.config import Config
@@ -605,7 +625,7 @@ class History:
         self.clock = clock
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
-        self.migrations_run = 0  # how many times ensure_schema had to run Alembic
+        self.migrations_run = 0  # how many times ensure_schema had to create or upgrade the schema
         # Called with the check id after each completed run is committed (evidence: anchoring the chain
         # heads); an exception there is logged, never raised: the run is already recorded.
         self.after_finish: list[Callable[[str], None]] = []
@@ -694,7 +714,7 @@ class History:
                 return None  # no such table
 
     def ensure_schema(self) -> bool:
-        """Bring the schema to SCHEMA_REVISION; True when Alembic had to run.
+        """Bring the schema to SCHEMA_REVISION; True when it had to be created or upgraded.
 
         Fast path: one query, no Alembic import.  Concurrent callers are serialized by the
         database (PostgreSQL advisory lock, SQLite write lock) and re-check under the lock.
@@ -704,6 +724,19 @@ class History:
         return _retry_locked(self._upgrade)
 
     def _upgrade(self) -> bool:
+        with _ALEMBIC_LOCK, self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
+            if sa.inspect(conn).get_table_names():
+                changed = self._migrate(conn)
+            else:
+                create_at_head(conn)
+                changed = True
+        self.migrations_run += changed
+        return changed
+
+    def _migrate(self, conn: Connection) -> bool:
+        """Alembic's upgrade to the head, in the caller's locked transaction."""
         from alembic import command
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
@@ -711,23 +744,19 @@ class History:
 
         config = alembic_config()
         known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-        with _ALEMBIC_LOCK, self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
-            current = MigrationContext.configure(conn).get_current_revision()
-            if current == SCHEMA_REVISION:
-                return False  # another process did it while we waited
-            if current is not None and current not in known:
-                raise HistoryError(
-                    f"history database {self.describe()} is at schema revision {current!r}, unknown to this "
-                    f"reversib (expects {SCHEMA_REVISION!r}): upgrade reversib"
-                )
-            config.attributes["connection"] = conn
-            try:
-                command.upgrade(config, SCHEMA_REVISION)
-            except CommandError as exc:
-                raise HistoryError(f"history database {self.describe()}: schema upgrade failed: {exc}") from None
-        self.migrations_run += 1
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current == SCHEMA_REVISION:
+            return False  # another process did it while we waited
+        if current is not None and current not in known:
+            raise HistoryError(
+                f"history database {self.describe()} is at schema revision {current!r}, unknown to this "
+                f"reversib (expects {SCHEMA_REVISION!r}): upgrade reversib"
+            )
+        config.attributes["connection"] = conn
+        try:
+            command.upgrade(config, SCHEMA_REVISION)
+        except CommandError as exc:
+            raise HistoryError(f"history database {self.describe()}: schema upgrade failed: {exc}") from None
         return True
 
     # ------------------------------------------------------------------------------------ runs

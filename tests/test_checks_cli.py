@@ -76,6 +76,36 @@ def test_a_closed_stdout_ends_quietly_and_the_run_is_recorded(tmp_path: Path) ->
     assert [(r.state, r.outcome) for r in runs] == [("finished", "passed")]
 
 
+@pytest.mark.parametrize("command", ["verify-now", "check-config"])
+def test_the_collector_is_off_while_start_up_loads_and_on_for_the_work(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run()` turns the cyclic GC off for the start-up, and the command finds it back on, with what
+    start-up made frozen (and, for a command that opens the history, SQLAlchemy already loaded)."""
+    import gc
+
+    from reversib import cli
+
+    seen: dict[str, object] = {}
+
+    def command_fn(args: object) -> int:
+        seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count(),
+                    history_loaded="reversib.history" in sys.modules)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, command, command_fn)
+    monkeypatch.setattr(sys, "argv", ["reversib", command, "--history", f"sqlite:///{tmp_path}/h.db"])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.run()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert exit_.value.code == 0
+    assert seen["enabled"] is True and isinstance(seen["frozen"], int) and seen["frozen"] > 0
+    if command == "verify-now":
+        assert seen["history_loaded"] is True
+
+
 def test_generation_newest_and_keep(tmp_path: Path) -> None:
     dated_export(tmp_path / "exp", ["2026-11-26", "2026-11-27", "not-a-date"])
     cfg = write_config(tmp_path, {"gen": {"source": {"url": "../exp"}, "generation": {"pattern": "%Y-%m-%d", "keep": 3},

@@ -26,6 +26,7 @@ from reversib.history import (
     UnknownRun,
     alembic_config,
     compute_summary_digest,
+    create_history_engine,
     storable,
     to_datetime,
 )
@@ -93,7 +94,36 @@ def test_schema_revision_is_the_alembic_head() -> None:
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_REVISION
 
 
-def test_schema_is_created_by_alembic_then_fast_path(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
+def two_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """Two empty history databases of the same kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    make = request.getfixturevalue("make_pg_database")
+    return make(), make()
+
+
+def _schema(engine: sa.Engine) -> dict[str, object]:
+    """Everything the database says about its tables, in a comparable form (column order aside)."""
+    inspector = sa.inspect(engine)
+    out: dict[str, object] = {}
+    for table in sorted(inspector.get_table_names()):
+        out[table] = {
+            "columns": sorted((c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                              for c in inspector.get_columns(table)),
+            "primary_key": sorted(inspector.get_pk_constraint(table)["constrained_columns"]),
+            "foreign_keys": sorted((tuple(f["constrained_columns"]), f["referred_table"],
+                                    tuple(f["referred_columns"]), sorted(f["options"].items()))
+                                   for f in inspector.get_foreign_keys(table)),
+            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]),
+                               sorted((k, str(v)) for k, v in i.get("dialect_options", {}).items()))
+                              for i in inspector.get_indexes(table)),
+            "unique": sorted((u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)),
+        }
+    return out
+
+
+def test_new_database_is_created_at_the_head_then_fast_path(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fresh = History(url)
     try:
         assert fresh.current_revision() is None
@@ -106,13 +136,6 @@ def test_schema_is_created_by_alembic_then_fast_path(url: str, monkeypatch: pyte
         assert "ix_runs_check_started" in {i["name"] for i in inspector.get_indexes("runs")}
         fks = inspector.get_foreign_keys("findings")
         assert fks[0]["referred_table"] == "runs" and fks[0]["options"].get("ondelete") == "CASCADE"
-
-        # The hand-written migration and the models describe the same schema.
-        from alembic.autogenerate import compare_metadata
-        from alembic.runtime.migration import MigrationContext
-
-        with fresh.engine.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), history_module.Base.metadata) == []
     finally:
         fresh.close()
 
@@ -128,20 +151,54 @@ def test_schema_is_created_by_alembic_then_fast_path(url: str, monkeypatch: pyte
         again.close()
 
 
-def test_fast_path_does_not_import_alembic(url: str) -> None:
-    History.open(url).close()
+def test_migrations_and_models_build_the_same_schema(two_urls: tuple[str, str]) -> None:
+    """A new database is made from the models (`create_at_head`), an old one is brought up by the
+    migrations: both routes must end in the same schema, or a database's shape would depend on its age."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    by_models, by_migrations = History(two_urls[0]), History(two_urls[1])
+    try:
+        assert by_models.ensure_schema() is True
+        with by_migrations._write() as conn:  # the Alembic route, from an empty database
+            assert by_migrations._migrate(conn) is True
+        assert by_migrations.current_revision() == by_models.current_revision() == SCHEMA_REVISION
+        assert _schema(by_models.engine) == _schema(by_migrations.engine)
+        for h in (by_models, by_migrations):
+            with h.engine.connect() as conn:
+                assert compare_metadata(MigrationContext.configure(conn), history_module.Base.metadata) == []
+        with by_migrations._write() as conn:  # and Alembic takes the model-built database as its head
+            assert by_migrations._migrate(conn) is False
+    finally:
+        by_models.close()
+        by_migrations.close()
+
+
+def test_neither_a_new_nor_a_current_database_imports_alembic(url: str) -> None:
     code = (
         "import sys\n"
         "from reversib.history import History\n"
-        f"h = History.open({url!r})\n"
+        "for _ in range(2):\n"
+        f"    h = History.open({url!r})\n"
+        "    print(h.migrations_run)\n"
+        "    h.close()\n"
         "assert 'alembic' not in sys.modules, 'alembic was imported'\n"
-        "print(h.migrations_run)\n"
-        "h.close()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "0"
+    assert out.stdout.split() == ["1", "0"]
+
+
+def test_a_database_with_other_tables_goes_through_alembic(url: str) -> None:
+    """Not empty, not ours: the migrations run (create_at_head is only for an empty database)."""
+    engine = create_history_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE someone_elses (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    with History.open(url) as h:
+        assert h.migrations_run == 1 and h.current_revision() == SCHEMA_REVISION
+        assert {"runs", "someone_elses"} <= set(sa.inspect(h.engine).get_table_names())
 
 
 def test_newer_schema_is_refused_clearly(url: str) -> None:
