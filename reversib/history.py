@@ -727,11 +727,15 @@ class History:
         with _ALEMBIC_LOCK, self._write() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
-            if sa.inspect(conn).get_table_names():
-                changed = self._migrate(conn)
-            else:
+            tables = sa.inspect(conn).get_table_names()
+            if not tables:
                 create_at_head(conn)
                 changed = True
+            elif "alembic_version" in tables and conn.execute(
+                    sa.text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_REVISION:
+                changed = False  # another process made it while we waited for the lock
+            else:
+                changed = self._migrate(conn)
         self.migrations_run += changed
         return changed
 
