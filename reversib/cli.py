@@ -556,11 +556,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 # (docs/development.md, "Start-up").  So `run()` turns the collector off while the command's modules load,
 # `_settle_gc()` moves what start-up made out of the collector's reach (gc.freeze) and turns it back on
 # before any work whose size depends on the data, and `run()` freezes again on the way out.
+# Only `run()` does this: a program that calls `main()` keeps its own collector settings.
 _OPENS_HISTORY = frozenset({"verify-now", "run", "checks", "history", "audit", "report"})
+_gc_held = False  # set by run() while it keeps the collector off
 
 
 def _settle_gc() -> None:
-    if not gc.isenabled():
+    global _gc_held
+    if _gc_held:
+        _gc_held = False
         gc.freeze()
         gc.enable()
 
@@ -605,10 +609,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:  # console-script entry point
-    gc.disable()  # until _settle_gc(), and frozen again before exit: see there
+    global _gc_held
+    if gc.isenabled():
+        gc.disable()  # until _settle_gc(): see there
+        _gc_held = True
     try:
         code = main()
         sys.stdout.flush()
+        # No collection at exit: cyclic garbage is not finalized then, so nothing may rely on a __del__
+        # at shutdown (files, databases, temporary folders and child processes are closed explicitly).
         gc.freeze()
     except BrokenPipeError:
         # The reader of our output went away (`reversib ... | head`): the run is recorded all the same;

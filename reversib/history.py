@@ -430,7 +430,8 @@ def _retry_locked(fn: Callable[[], T], seconds: float = 30.0) -> T:
     while True:
         try:
             return fn()
-        except (sqlite3.OperationalError, sa.exc.OperationalError) as exc:
+        except (sqlite3.OperationalError, sa.exc.OperationalError, HistoryError) as exc:
+            # HistoryError: what History._guard makes of the driver's error inside a transaction
             if "database is locked" not in str(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(delay)

@@ -76,34 +76,45 @@ def test_a_closed_stdout_ends_quietly_and_the_run_is_recorded(tmp_path: Path) ->
     assert [(r.state, r.outcome) for r in runs] == [("finished", "passed")]
 
 
+_GC_PROBE = """
+import gc, json, sys
+from reversib import cli
+
+def probe(args):
+    import reversib.history as h  # already loaded, for the commands that open the history
+    tracked = any(o is h.runs_t for o in gc.get_objects())  # frozen objects are not listed
+    print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(), "tables_tracked": tracked}))
+    return 0
+
+cli.COMMANDS[sys.argv[1]] = probe
+sys.argv = ["reversib", *sys.argv[1:]]
+cli.run()
+"""
+
+
 @pytest.mark.parametrize("command", ["verify-now", "check-config"])
-def test_the_collector_is_off_while_start_up_loads_and_on_for_the_work(
-        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`run()` turns the cyclic GC off for the start-up, and the command finds it back on, with what
-    start-up made frozen (and, for a command that opens the history, SQLAlchemy already loaded)."""
+def test_the_collector_is_off_while_start_up_loads_and_on_for_the_work(command: str, tmp_path: Path) -> None:
+    """`run()` turns the cyclic GC off for the start-up; the command finds it back on, with what start-up
+    made frozen -- for a command that opens the history, SQLAlchemy's tables included."""
+    proc = subprocess.run([sys.executable, "-c", _GC_PROBE, command, "--history", f"sqlite:///{tmp_path}/h.db"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["enabled"] is True and seen["frozen"] > 10_000
+    if command == "verify-now":
+        assert seen["tables_tracked"] is False
+
+
+def test_main_leaves_a_callers_collector_as_it_was(tmp_path: Path) -> None:
+    """Only the console script holds the collector: a program calling `main()` keeps its own setting."""
     import gc
 
-    from reversib import cli
-
-    seen: dict[str, object] = {}
-
-    def command_fn(args: object) -> int:
-        seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count(),
-                    history_loaded="reversib.history" in sys.modules)
-        return 0
-
-    monkeypatch.setitem(cli.COMMANDS, command, command_fn)
-    monkeypatch.setattr(sys, "argv", ["reversib", command, "--history", f"sqlite:///{tmp_path}/h.db"])
+    gc.disable()
     try:
-        with pytest.raises(SystemExit) as exit_:
-            cli.run()
+        code, _ = run_cli(["checks"], tmp_path / "h.db")
+        assert code == 0 and not gc.isenabled()
     finally:
-        gc.unfreeze()
         gc.enable()
-    assert exit_.value.code == 0
-    assert seen["enabled"] is True and isinstance(seen["frozen"], int) and seen["frozen"] > 0
-    if command == "verify-now":
-        assert seen["history_loaded"] is True
 
 
 def test_generation_newest_and_keep(tmp_path: Path) -> None:

@@ -119,6 +119,7 @@ def _schema(engine: sa.Engine) -> dict[str, object]:
                                sorted((k, str(v)) for k, v in i.get("dialect_options", {}).items()))
                               for i in inspector.get_indexes(table)),
             "unique": sorted((u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)),
+            "options": sorted((k, str(v)) for k, v in inspector.get_table_options(table).items()),
         }
     return out
 
@@ -251,7 +252,7 @@ def test_concurrent_ensure_schema_processes(url: str, tmp_path: Path) -> None:
         "h = History(sys.argv[1])\n"
         "while not os.path.exists(sys.argv[2]):\n"
         "    time.sleep(0.001)\n"
-        "print(int(h.ensure_schema()))\n"
+        "print(int(h.ensure_schema()), 'alembic' in sys.modules)\n"
         "h.close()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -260,7 +261,8 @@ def test_concurrent_ensure_schema_processes(url: str, tmp_path: Path) -> None:
     go.touch()
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outputs]
-    assert sorted(out.strip() for out, _ in outputs) == ["0", "0", "1"]
+    # One creates the schema; the others find it made (before or after waiting for the lock): none loads Alembic.
+    assert sorted(out.strip() for out, _ in outputs) == ["0 False", "0 False", "1 False"]
 
 
 # -------------------------------------------------------------------------------------------- runs
@@ -615,3 +617,16 @@ def test_locked_sqlite_steps_are_retried_other_errors_are_not() -> None:
 
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         _retry_locked(always_locked, seconds=0.05)
+
+    # Inside History._write the driver's error arrives as a HistoryError naming the database.
+    guarded: list[int] = []
+
+    def locked_in_a_transaction() -> str:
+        guarded.append(1)
+        if len(guarded) < 2:
+            raise HistoryError("history database sqlite:///h.db: database is locked")
+        return "done"
+
+    assert _retry_locked(locked_in_a_transaction) == "done" and len(guarded) == 2
+    with pytest.raises(HistoryError, match="no such table"):
+        _retry_locked(lambda: (_ for _ in ()).throw(HistoryError("history database x: no such table: y")))
