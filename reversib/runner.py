@@ -119,7 +119,8 @@ def entry_records(report: VerifyReport | None) -> Iterator[EntryRecord]:
     from reversib.history import EntryRecord
 
     for v in report.verified:
-        yield EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at, encode(v))
+        yield EntryRecord(v.path, v.size, v.digests, v.tier.value, v.verified_at,
+                          None if v.blocks is None else encode(v))
 
 
 def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], cancel: CancelToken,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reversib import cli
 from reversib.cli import main
 
 from .cli_helpers import findings_of, run_cli, verify_json
@@ -83,7 +84,8 @@ from reversib import cli
 def probe(args):
     import reversib.history as h  # already loaded, for the commands that open the history
     tracked = any(o is h.runs_t for o in gc.get_objects())  # frozen objects are not listed
-    print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(), "tables_tracked": tracked}))
+    print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count(), "tables_tracked": tracked,
+                      "threshold": gc.get_threshold()[0]}))
     return 0
 
 cli.COMMANDS[sys.argv[1]] = probe
@@ -100,7 +102,7 @@ def test_the_collector_is_off_while_start_up_loads_and_on_for_the_work(command: 
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)
-    assert seen["enabled"] is True and seen["frozen"] > 10_000
+    assert seen["enabled"] is True and seen["frozen"] > 10_000 and seen["threshold"] == cli._GC_THRESHOLD0
     if command == "verify-now":
         assert seen["tables_tracked"] is False
 
@@ -109,10 +111,11 @@ def test_main_leaves_a_callers_collector_as_it_was(tmp_path: Path) -> None:
     """Only the console script holds the collector: a program calling `main()` keeps its own setting."""
     import gc
 
+    threshold = gc.get_threshold()
     gc.disable()
     try:
         code, _ = run_cli(["checks"], tmp_path / "h.db")
-        assert code == 0 and not gc.isenabled()
+        assert code == 0 and not gc.isenabled() and gc.get_threshold() == threshold
     finally:
         gc.enable()
 
