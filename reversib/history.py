@@ -491,6 +491,9 @@ _alembic_version_t = sa.Table(
 )
 
 
+_REVISION = sa.text("SELECT version_num FROM alembic_version")  # the stamped revision (no table: none yet)
+
+
 def create_at_head(conn: Connection) -> None:
     """Create every history table of an empty database at SCHEMA_REVISION, stamped as Alembic would.
 
@@ -711,7 +714,7 @@ class History:
         """The revision in `alembic_version`, None when there is no schema yet.  One query."""
         with self._read() as conn:
             try:
-                return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+                return conn.execute(_REVISION).scalar()
             except (sa.exc.OperationalError, sa.exc.ProgrammingError):
                 return None  # no such table
 
@@ -733,8 +736,7 @@ class History:
             if not tables:
                 create_at_head(conn)
                 changed = True
-            elif "alembic_version" in tables and conn.execute(
-                    sa.text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_REVISION:
+            elif "alembic_version" in tables and conn.execute(_REVISION).scalar() == SCHEMA_REVISION:
                 changed = False  # another process made it while we waited for the lock
             else:
                 changed = self._migrate(conn)
