@@ -9,9 +9,11 @@ anchor: `CREATE DATABASE` + `pg_restore`, same role and flags; the drop afterwar
     .venv/bin/python bench/suite_dumps.py [--repeat 5] [--smoke]          # the same, standalone
 
 Rows: the anchor; reversib with the restore; reversib with `--restore never` (start-up, verification
-and structural level only: the fixed cost that does not depend on restoring).  Target: reversib with
-the restore <= 1.15x the anchor.  Needs PostgreSQL on 127.0.0.1:5432 (trust, user postgres) and its
-client tools; without them the suite is skipped with a note (a failure under CI=true).
+and structural level only: the fixed cost that does not depend on restoring); importing pydantic and
+SQLAlchemy and nothing else (what reversib's libraries cost any program before it does anything).
+Target (case `restore-1m`): reversib with the restore <= 1.15x the anchor.  Case `restore-5m` (5M rows)
+shows that reversib's extra seconds do not grow with the restore.  Needs PostgreSQL on 127.0.0.1:5432
+(trust, user postgres) and its client tools; without them the suite is skipped with a note (a failure under CI=true).
 """
 
 from __future__ import annotations
@@ -101,63 +103,79 @@ def _reversib_ok(restored: bool, rows: int) -> Any:
 def install(h: ModuleType) -> None:
     """Register suite `dumps` into the harness module `h` (bench/run.py)."""
 
+    cases = [h.Case("restore-1m", "a 1,000,000-row table (smoke: 10,000), custom format; wall s; "
+                                  "anchor CREATE DATABASE + pg_restore; the target"),
+             h.Case("restore-5m", "the same with 5,000,000 rows (smoke: 50,000): reversib's extra seconds over "
+                                  "the anchor stay the same while the restore grows (no target)")]
+
     @h.register("dumps", "database dumps: `verify-now` restoring a pg_dump -Fc of 1M rows vs pg_restore by hand "
-                         "into an empty database (anchor)",
-                [h.Case("restore-1m", "a 1,000,000-row table (smoke: 10,000), custom format; wall s; "
-                                      "anchor CREATE DATABASE + pg_restore")])
+                         "into an empty database (anchor)", cases)
     def suite_dumps(ctx: Any, selected: list[str]) -> Any:
         res = h.SuiteResult()
-        rows = 10_000 if ctx.smoke else 1_000_000
-        work = ctx.scratch / "dumps"
-        try:
-            cfg, size = prepare(work, rows, h.log)
-        except Unavailable as exc:
-            if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-                raise h.BenchError(f"dumps suite: {exc} (CI=true: PostgreSQL must be running)") from None
-            res.notes.append(f"dumps suite skipped: {exc}")
-            return res
         if ctx.tools.reversib is None:
             raise h.BenchError("the dumps suite needs reversib")
-        ctx.env[URL_ENV] = f"postgresql://{ROLE}@{HOST}:{PORT}/"
-        history = work / "history.db"
-        rev = [ctx.tools.reversib, "verify-now", "db", "--config", str(cfg), "--history", f"sqlite:///{history}",
-               "--json", "--no-progress"]
-        warm = subprocess.run([*rev, "--restore", "now"], env=ctx.env, capture_output=True, text=True)
-        if warm.returncode != 0:  # history created, migrations run, dump in the page cache: steady state
-            raise h.BenchError(f"reversib warm-up run failed: {warm.stdout[-800:]} {warm.stderr[-800:]}")
-        db = f"reversib_bench_hand_{uuid.uuid4().hex[:8]}"
-        anchor_sql = f"CREATE DATABASE {db} TEMPLATE template0"
-        anchor_cmd = ["sh", "-c", f"psql -X -q {' '.join(PG)} -U {ROLE} -d postgres -c '{anchor_sql}' && "
-                                  f"pg_restore {' '.join(PG)} -U {ROLE} --no-owner --no-privileges --exit-on-error "
-                                  f"-d {db} {work / 'export' / 'db.dump'}"]
+        for case in selected:
+            rows = {"restore-1m": 1_000_000, "restore-5m": 5_000_000}[case] // (100 if ctx.smoke else 1)
+            work = ctx.scratch / "dumps" / case
+            try:
+                cfg, size = prepare(work, rows, h.log)
+            except Unavailable as exc:
+                if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+                    raise h.BenchError(f"dumps suite: {exc} (CI=true: PostgreSQL must be running)") from None
+                res.notes.append(f"dumps suite skipped: {exc}")
+                return res
+            _case(h, ctx, res, case, work, cfg, size, rows)
+            shutil.rmtree(work / "export", ignore_errors=True)
+        return res
 
-        def anchor_ok(s: Any) -> str | None:
-            psql(f"DROP DATABASE IF EXISTS {db}", user=ROLE)  # not timed
-            return None if s.returncode == 0 else f"exit code {s.returncode}"
 
-        tools = [h.Tool("pg_restore-by-hand", lambda d: anchor_cmd, check=anchor_ok),
-                 h.Tool("reversib-restore", lambda d: [*rev, "--restore", "now"], check=_reversib_ok(True, rows)),
-                 h.Tool("reversib-structural-only", lambda d: [*rev, "--restore", "never"],
-                        check=_reversib_ok(False, rows))]
-        samples = h.measure(ctx, tools)
-        res.datasets.append(f"dumps/restore-1m: {rows} rows, custom dump {size / 1e6:.1f} MB ({work / 'export'})")
-        res.rows += h.make_rows("dumps", "restore-1m", tools, samples, "pg_restore-by-hand", "MB/s", None, size,
-                                h._commands(tools))
-        anchor = h.find_row(res.rows, "restore-1m", "pg_restore-by-hand")
-        full = h.find_row(res.rows, "restore-1m", "reversib-restore")
-        fixed = h.find_row(res.rows, "restore-1m", "reversib-structural-only")
-        ratio = full.wall_s / anchor.wall_s
+def _case(h: ModuleType, ctx: Any, res: Any, case: str, work: Path, cfg: Path, size: int, rows: int) -> None:
+    ctx.env[URL_ENV] = f"postgresql://{ROLE}@{HOST}:{PORT}/"
+    history = work / "history.db"
+    rev = [ctx.tools.reversib, "verify-now", "db", "--config", str(cfg), "--history", f"sqlite:///{history}",
+           "--json", "--no-progress"]
+    warm = subprocess.run([*rev, "--restore", "now"], env=ctx.env, capture_output=True, text=True)
+    if warm.returncode != 0:  # history created, migrations run, dump in the page cache: steady state
+        raise h.BenchError(f"reversib warm-up run failed: {warm.stdout[-800:]} {warm.stderr[-800:]}")
+    db = f"reversib_bench_hand_{uuid.uuid4().hex[:8]}"
+    anchor_sql = f"CREATE DATABASE {db} TEMPLATE template0"
+    anchor_cmd = ["sh", "-c", f"psql -X -q {' '.join(PG)} -U {ROLE} -d postgres -c '{anchor_sql}' && "
+                              f"pg_restore {' '.join(PG)} -U {ROLE} --no-owner --no-privileges --exit-on-error "
+                              f"-d {db} {work / 'export' / 'db.dump'}"]
+
+    def anchor_ok(s: Any) -> str | None:
+        psql(f"DROP DATABASE IF EXISTS {db}", user=ROLE)  # not timed
+        return None if s.returncode == 0 else f"exit code {s.returncode}"
+
+    tools = [h.Tool("pg_restore-by-hand", lambda d: anchor_cmd, check=anchor_ok),
+             h.Tool("reversib-restore", lambda d: [*rev, "--restore", "now"], check=_reversib_ok(True, rows)),
+             h.Tool("reversib-structural-only", lambda d: [*rev, "--restore", "never"],
+                    check=_reversib_ok(False, rows)),
+             # what a program built on the libraries reversib uses pays before any work
+             h.Tool("import pydantic+sqlalchemy",
+                    lambda d: [ctx.tools.python, "-c", f"import gc; gc.disable(); import {h.LIBRARIES}"])]
+    samples = h.measure(ctx, tools)
+    res.datasets.append(f"dumps/{case}: {rows} rows, custom dump {size / 1e6:.1f} MB ({work / 'export'})")
+    res.rows += h.make_rows("dumps", case, tools, samples, "pg_restore-by-hand", "MB/s", None, size,
+                            h._commands(tools))
+    anchor = h.find_row(res.rows, case, "pg_restore-by-hand")
+    full = h.find_row(res.rows, case, "reversib-restore")
+    fixed = h.find_row(res.rows, case, "reversib-structural-only")
+    libs = h.find_row(res.rows, case, "import pydantic+sqlalchemy")
+    ratio = full.wall_s / anchor.wall_s
+    if case == "restore-1m":
         status = "PASS" if ratio <= TARGET else "FAIL"
         full.targets.append(f"vs-pg_restore:{status}")
-        res.targets.append(h.Target("restore-1m/vs-pg_restore", "dumps", "restore-1m", "reversib-restore",
+        res.targets.append(h.Target(f"{case}/vs-pg_restore", "dumps", case, "reversib-restore",
                                     f"verify-now with the restore <= {TARGET}x pg_restore by hand", status,
                                     f"{full.wall_s:.3f} s vs {anchor.wall_s:.3f} s = {ratio:.2f}x"))
-        level = (full.wall_s - fixed.wall_s) / anchor.wall_s
-        res.notes.append(f"dumps: the restore level alone (reversib-restore minus reversib-structural-only) = "
-                         f"{full.wall_s - fixed.wall_s:.3f} s = {level:.2f}x pg_restore by hand; the rest "
-                         f"({fixed.wall_s:.3f} s) is start-up, verification and the structural level")
-        shutil.rmtree(work / "export", ignore_errors=True)
-        return res
+    level = (full.wall_s - fixed.wall_s) / anchor.wall_s
+    res.notes.append(f"dumps/{case}: reversib-restore - pg_restore-by-hand = {full.wall_s - anchor.wall_s:.3f} s "
+                     f"({ratio:.2f}x); the restore level alone (reversib-restore minus reversib-structural-only) = "
+                     f"{full.wall_s - fixed.wall_s:.3f} s = {level:.2f}x pg_restore by hand; the rest "
+                     f"({fixed.wall_s:.3f} s) is start-up, verification and the structural level; importing pydantic "
+                     f"and SQLAlchemy alone takes {libs.wall_s:.3f} s = {libs.wall_s / anchor.wall_s:.2f}x the anchor "
+                     f"(the target leaves {(TARGET - 1) * anchor.wall_s:.3f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:

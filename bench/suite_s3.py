@@ -4,7 +4,10 @@ Cases (each a fresh endpoint process, data uploaded once per run):
 
 * `large`: one 1 GiB object (smoke: 8 MiB); MB/s.  Tools: reversib (`verify-now --source s3://...`),
   `rclone check --download` (Debian's rclone, an s3 remote on the same endpoint, against the local copy),
-  and `s3-loop` (bench/s3_loop.py: a plain sequential boto3 download + sha256 loop, the anchor).
+  and `s3-loop` (bench/s3_loop.py: a plain sequential boto3 download + sha256 loop, the anchor); `floor`
+  (bench/rawhash.py --import boto3,pydantic,sqlalchemy --threads 1: those imports, then SHA-256 of the local
+  copy -- no network; SHA-256 of one stream does not split across cores): the least any tool on those
+  libraries that hashes the object itself takes.  rclone compares bytes and computes no SHA-256.
 * `small`: 10,000 objects x 4 KiB (smoke: 60) behind 10 ms of added latency per request (as a real
   provider has; moto alone serves only ~250 small requests/s, whatever the concurrency); objects/s.
 
@@ -80,7 +83,7 @@ def install(h: ModuleType) -> None:
             for r in rows:
                 res.notes.append(f"s3/{case} {r.tool}: client CPU {r.cpu_s:.2f} s = "
                                  f"{r.cpu_s / spec.files * 1000:.3f} ms per object")
-        res.targets = _targets(h, res.rows)
+        res.targets = _targets(h, res.rows, res.notes)
         return res
 
 
@@ -107,6 +110,11 @@ def _tools(h: ModuleType, ctx: Any, ds: Any, rclone: str | None) -> list[Any]:
                                       "--json", "--history", h._history_url(d), "--no-progress", "--quiet"],
                check=h._reversib_check(spec.files, spec.total_bytes, exact=True)),
     ]
+    if spec.files == 1:  # large: SHA-256 of one stream does not split across cores
+        tools.append(h.Tool("floor", lambda _: [ctx.tools.python, str(h.RAWHASH), "--import",
+                                                "boto3,pydantic,sqlalchemy", "--root", str(ds.plain),
+                                                "--manifest", str(ds.sums), "--threads", "1"],
+                            check=h._rawhash_check(spec.files, spec.total_bytes)))
     if rclone is not None:
         tools.append(h.Tool("rclone-check-download",
                             lambda _: [rclone, "check", "--download", "--one-way", "--exclude", "SHA256SUMS",
@@ -114,7 +122,7 @@ def _tools(h: ModuleType, ctx: Any, ds: Any, rclone: str | None) -> list[Any]:
     return tools
 
 
-def _targets(h: ModuleType, rows: list[Any]) -> list[Any]:
+def _targets(h: ModuleType, rows: list[Any], notes: list[str]) -> list[Any]:
     targets: list[Any] = []
 
     def add(case: str, tool: str, text: str, ok: bool | None, detail: str) -> None:
@@ -141,6 +149,12 @@ def _targets(h: ModuleType, rows: list[Any]) -> list[Any]:
         add("small", "reversib", "small: client CPU per object <= 0.7x the loop's",
             mine.cpu_s <= 0.7 * loop.cpu_s, f"{mine.cpu_s:.2f} s vs {loop.cpu_s:.2f} s "
                                             f"({mine.cpu_s / max(loop.cpu_s, 1e-9):.2f}x)")
+    floor, rclone = large.get("floor"), large.get("rclone-check-download")
+    if floor is not None and rclone is not None:
+        notes.append(f"s3/large: floor (import boto3, pydantic, SQLAlchemy; SHA-256 of the same object from the "
+                     f"local disk, no network) {floor.wall_s:.2f} s vs rclone-check-download {rclone.wall_s:.2f} s "
+                     f"(rclone compares bytes and computes no SHA-256)"
+                     + (": the floor alone is slower" if floor.wall_s > rclone.wall_s else ""))
     for r in rows:
         if r.tool == "reversib":
             add(r.case, "reversib", f"{r.case}: reversib peak RSS < 200 MB", r.peak_rss_mb < 200,
