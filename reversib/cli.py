@@ -52,6 +52,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE",
@@ -75,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", metavar="LOCATION",
                    help="ad-hoc check: the manifest (default: found at the export root; a bag's root for BagIt)")
     p.add_argument("--manifest-format", metavar="FORMAT", default="auto", help="manifest format (default: auto)")
-    p.add_argument("--parallelism", type=int, metavar="N", help="files verified at once (ad-hoc checks)")
+    p.add_argument("--parallelism", type=_positive, metavar="N", help="files verified at once (ad-hoc checks)")
     p.add_argument("--json", action="store_true", help="print one JSON document (schemas/report.schema.json)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--shard", metavar="K/N", help="run shard K of N of one check (K from 0; `/N`: K from "
@@ -88,15 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database dumps' restore level (docs/dumps.md): when restore.every says so (due, the "
                         "default), now whatever restore.every says, or never (structural level only)")
 
-    p = sub.add_parser("check-config", parents=[common], help="validate config/ and checks/ (exit 0 or 78)")
+    p = sub.add_parser("check-config", parents=[common], help="validate config/ and checks/ (exit 0 or 78)",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--connect", action="store_true", help="also open each source and manifest")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = sub.add_parser("checks", parents=[common], help="list configured checks with their last outcome")
+    p = sub.add_parser("checks", parents=[common], help="list configured checks with their last outcome",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("history", parents=[common], help="show the recorded runs of one check; "
-                                                         "`history prune --older-than AGE` prunes old runs")
+                                                         "`history prune --older-than AGE` prunes old runs",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("check", metavar="CHECK", help="check id or name (ad-hoc checks: the id printed by --json), "
                                                   "or `prune`")
     p.add_argument("--older-than", metavar="AGE", help="prune: remove the runs finished more than AGE ago (400d), "
@@ -106,21 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN_ID", help="show one run with its findings")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("run", parents=[common], help="the daemon: run checks on schedule, serve /metrics and the API")
+    p = sub.add_parser("run", parents=[common], help="the daemon: run checks on schedule, serve /metrics and the API",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="where to serve HTTP (default: daemon.listen, 127.0.0.1:8637)")
 
-    p = sub.add_parser("audit", help="evidence: verify the tamper-evident history")
+    p = sub.add_parser("audit", help="evidence: verify the tamper-evident history",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
     a = asub.add_parser("verify", parents=[common], help="walk every chain of runs; exit 1 naming the first "
-                                                          "record altered, removed or inserted")
+                                                          "record altered, removed or inserted",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--against", metavar="HEADS", help="also check the database against the signed chain heads: "
                                                       "a heads file, or s3://bucket/prefix (heads_s3)")
     a.add_argument("--public-key", metavar="FILE",
                    help="Ed25519 public key checking the signatures (default: from evidence.signing_key_file)")
     a.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("report", parents=[common], help="reversibility indicators over a period (html, json, md)")
+    p = sub.add_parser("report", parents=[common], help="reversibility indicators over a period (html, json, md)",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="append", metavar="NAME", help="only this check (repeatable; default: all)")
     p.add_argument("--since", default="90d", metavar="PERIOD",
                    help="start of the period: a duration back from --until (90d) or a date (2026-01-01)")
@@ -131,14 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", metavar="FILE",
                    help="Ed25519 public key for --verify (default: from evidence.signing_key_file)")
 
-    p = sub.add_parser("manifest", help="manifest tools")
+    p = sub.add_parser("manifest", help="manifest tools",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     msub = p.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND", parser_class=_Parser)
-    c = msub.add_parser("create", parents=[common], help="write a manifest for a folder")
+    c = msub.add_parser("create", parents=[common], help="write a manifest for a folder",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("path", metavar="PATH", help="the folder (the export root)")
     c.add_argument("--format", required=True, choices=["sha256sum", "bagit", "json"], help="manifest format")
     c.add_argument("--output", metavar="FILE", help="where to write it (default: inside PATH)")
     c.add_argument("--algorithm", action="append", metavar="ALG",
                    help="digest algorithm (repeatable; default sha256)")
+    c.add_argument("--force", action="store_true", help="replace an existing manifest file (refused otherwise)")
     return parser
 
 
@@ -155,10 +175,12 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(discover_config(args.config))
 
 
-def _history(args: argparse.Namespace, settings: Any) -> Any:
+def _history(args: argparse.Namespace, settings: Any, *, create: bool = True) -> Any:
+    """The history (`create=False`, for commands that only read: a SQLite file that is not there is an
+    error, never a new empty history that would look like "no run ever")."""
     from reversib.history import History
 
-    history = History.open(settings.history_url(args.history))
+    history = History.open(settings.history_url(args.history), create=create)
     if settings.daemon.evidence.anchored:  # signed chain heads after each run (docs/evidence.md)
         try:
             from reversib.evidence.anchor import attach
@@ -174,7 +196,8 @@ def _history(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def cmd_verify_now(args: argparse.Namespace) -> int:
-    from reversib.config import adhoc_check
+    from reversib.config import ConfigError, adhoc_check
+    from reversib.history import NotRecorded
     from reversib.output import TerminalProgress, render_result, render_summary
     from reversib.runner import run_check
     from reversib.sources.base import CancelToken
@@ -183,7 +206,10 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
     if args.source:
         if args.checks or args.all:
             raise UsageError("--source cannot be combined with check names or --all")
-        checks = [adhoc_check(args.source, args.manifest, args.manifest_format, parallelism=args.parallelism)]
+        try:
+            checks = [adhoc_check(args.source, args.manifest, args.manifest_format, parallelism=args.parallelism)]
+        except ConfigError as exc:  # the command line's values: a usage error
+            raise UsageError("; ".join(e.removeprefix("(command line): ") for e in exc.errors)) from None
     else:
         if args.manifest or args.manifest_format != "auto":
             raise UsageError("--manifest and --manifest-format need --source")
@@ -225,11 +251,15 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
     history = _history(args, settings)
     cancel = CancelToken()
 
-    def on_term(signum: int, frame: object) -> None:
-        cancel.cancel(f"signal {signal.Signals(signum).name}")
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and cancel.cancelled:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the reads in flight
+        cancel.cancel(f"signal {signal.Signals(signum).name}")  # every read stops, even inside a large file
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     results: list[RunResult] = []
+    unrecorded: list[str] = []
     show_progress = not args.no_progress and not args.quiet and TerminalProgress.wanted()
     try:
         for check in checks:
@@ -245,7 +275,14 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
                 except ShardError as exc:
                     raise UsageError(str(exc)) from None
             else:
-                result = run_check(check, history, cancel=cancel, progress=progress)
+                try:
+                    result = run_check(check, history, cancel=cancel, progress=progress)
+                except NotRecorded as exc:  # the verdict is shown all the same, and the failure said
+                    results.append(exc.result)
+                    unrecorded.append(f"{exc.result.check_id}: {exc}")
+                    if not args.json:
+                        render_result(exc.result, sys.stdout, verbose=args.verbose)
+                    continue
             results.append(result)
             if not args.json:
                 render_result(result, sys.stdout, verbose=args.verbose)
@@ -258,17 +295,45 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
     finally:
         history.close()
     if args.json:
-        json.dump(report_document(results), sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(_storable(report_document(results)), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
         render_summary(results, sys.stdout)
-    if cancel.cancelled:
+    for problem in unrecorded:
+        print(f"reversib: history database: {problem}", file=sys.stderr)
+    if cancel.cancelled or unrecorded:
         return EXIT_ERROR
     return combine_outcomes([r.outcome for r in results]).exit_code
 
 
+def _storable(value: Any) -> Any:
+    """A document's text as the history stores it: a name that is not UTF-8 (kept byte-exact while
+    verifying) is written `\\xNN`, so that the output is valid UTF-8 JSON and says what `history` says."""
+    from reversib.history import storable
+
+    if isinstance(value, str):
+        return value if value.isascii() else storable(value)
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    from reversib.config import ConfigError, discover_config
+
+    try:
+        settings = _settings(args)
+        unresolved = settings.unresolved()
+        if unresolved:
+            raise ConfigError(unresolved)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        path = discover_config(args.config)
+        print(json.dumps({"config": str(path) if path else None, "checks": [], "errors": exc.errors}, indent=2))
+        return EXIT_CONFIG
     problems: list[str] = []
     if args.connect:
         from reversib.preflight import connect_all
@@ -288,12 +353,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_checks(args: argparse.Namespace) -> int:
+    from reversib.history import HistoryMissing
+
     settings = _settings(args)
-    history = _history(args, settings)
     try:
-        latest = {row.check_id: row for row in history.latest_runs()}
-    finally:
-        history.close()
+        history = _history(args, settings, create=False)
+    except HistoryMissing as exc:  # nothing run yet: every check is "never run" (and no file is made)
+        log.warning("%s", exc)
+        latest = {}
+    else:
+        try:
+            latest = {row.check_id: row for row in history.latest_runs()}
+        finally:
+            history.close()
     rows = []
     for c in settings.checks:
         row = latest.get(c.check_id)
@@ -321,7 +393,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.older_than is not None or args.dry_run or (args.check == "prune" and found is None):
         return _history_prune(args, settings)
     check_id = found.check_id if found else args.check
-    history = _history(args, settings)
+    history = _history(args, settings, create=False)
     try:
         if args.run:
             run = history.get_run(args.run)
@@ -377,7 +449,7 @@ def _history_prune(args: argparse.Namespace, settings: Any) -> int:
 
     from reversib.history import History
 
-    with History.open(settings.history_url(args.history)) as history:
+    with History.open(settings.history_url(args.history), create=False) as history:
         try:
             pruned = prune(history, key, history._now() - dt.timedelta(seconds=age), dry_run=args.dry_run)
         except PruneError as exc:
@@ -401,8 +473,11 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     root = Path(args.path)
     if not root.is_dir():
         raise UsageError(f"not a folder: {root}")
-    out = create_manifest(root, args.format, Path(args.output) if args.output else None,
-                          tuple(args.algorithm or ["sha256"]))
+    try:
+        out = create_manifest(root, args.format, Path(args.output) if args.output else None,
+                              tuple(args.algorithm or ["sha256"]), replace=args.force)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     print(out)
     return EXIT_PASSED
 
@@ -468,7 +543,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         except OSError as exc:
             raise UsageError(f"cannot read {args.against}: {exc.strerror}") from None
-    with History.open(settings.history_url(args.history)) as history:
+    with History.open(settings.history_url(args.history), create=False) as history:
         report = verify_chains(history, against, key)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -517,19 +592,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reversib.history import History
     from reversib.units import parse_duration
 
-    with History.open(settings.history_url(args.history)) as history:
-        until = _when(args.until, "--until") if args.until else history._now()
+    until = _when(args.until, "--until") if args.until else dt.datetime.now(dt.timezone.utc)
+    try:
+        since = until - dt.timedelta(seconds=parse_duration(args.since))
+    except ValueError:
         try:
-            since = until - dt.timedelta(seconds=parse_duration(args.since))
-        except ValueError:
             since = _when(args.since, "--since")
-        if since >= until:
-            raise UsageError("--since must be before --until")
+        except UsageError:
+            raise UsageError(f"--since: expected a duration back from --until (90d), a date (2026-01-01) or "
+                             f"an ISO time, got {args.since!r}") from None
+    if since >= until:
+        raise UsageError("--since must be before --until")
+    with History.open(settings.history_url(args.history), create=False) as history:
         ids = None
         if args.check:
             ids = []
+            recorded = {row.check_id for row in history.latest_runs()}  # ad-hoc checks too
             for name in args.check:
                 found = settings.find(name)
+                if found is None and name not in recorded:
+                    known = ", ".join(c.check_id for c in settings.checks) or "none"
+                    raise UsageError(f"unknown check {name!r}: neither configured ({known}) nor in the history")
                 ids.append(found.check_id if found else name)
         doc = rep.build_report(history, settings.checks, since=since, until=until, check_ids=ids)
     if args.format == "json":

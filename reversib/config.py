@@ -61,8 +61,22 @@ def _check_tz(value: str) -> str:
     return value
 
 
+def _no_password(value: str) -> str:
+    """A URL never carries a secret: it is shown in output, logs and the history (the value is not echoed)."""
+    scheme, sep, rest = value.partition("://")
+    if sep and ":" in rest.split("/", 1)[0].rpartition("@")[0]:
+        raise ValueError(f"a password (or secret key) in a {scheme.lower()}:// URL is refused: it would be shown "
+                         "and recorded; give it by the source's options (sftp: password_env / password_file; "
+                         "s3: secret_access_key_env / secret_access_key_file)")
+    return value
+
+
+SecretFreeUrl = Annotated[str, BeforeValidator(_no_password)]
+
+
 class SourceConfig(Strict):
-    url: str = Field(description="where the export lives: a path, file://, s3://bucket/prefix, sftp://user@host/path")
+    url: SecretFreeUrl = Field(description="where the export lives: a path, file://, s3://bucket/prefix, "
+                               "sftp://user@host/path (never a password)")
     rate_limit: Size | None = Field(None, description="maximum bytes per second read from this source")
     max_connections: int | None = Field(None, ge=1, le=256, description="reads in flight at most on this "
                                         "source (caps fixity.parallelism and source.s3.concurrency)")
@@ -125,7 +139,8 @@ class SignatureConfig(Strict):
 
 class ManifestConfig(Strict):
     path: str | None = Field(None, description="manifest inside the export (relative to the export root)")
-    location: str | None = Field(None, description="manifest outside the export (path relative to the check file)")
+    location: SecretFreeUrl | None = Field(None, description="manifest outside the export (path relative to the "
+                                           "check file, or a URL as source.url)")
     format: str = Field("auto", description="one of " + ", ".join(FORMATS))
     signature: SignatureConfig | None = Field(None, description="require a signed manifest (OpenSSH, minisign, "
                                               "OpenPGP)")
@@ -393,6 +408,13 @@ class HistoryConfig(Strict):
 class DefaultsConfig(Strict):
     fixity: dict[str, Any] = Field(default_factory=dict, description="fixity keys applied to every check")
 
+    @field_validator("fixity")
+    @classmethod
+    def _valid_fixity(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked here, so that a mistake is blamed on this file rather than on every check file."""
+        FixityConfig.model_validate(value)  # its errors carry on with the location defaults.fixity.<key>
+        return value
+
 
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -498,6 +520,40 @@ class DaemonConfig(Strict):
     daemon: RunDaemonConfig = Field(default_factory=lambda: RunDaemonConfig())
 
 
+def unresolved(model: BaseModel, where: str, prefix: str = "") -> list[str]:
+    """What `model` refers to and cannot be had here: each `*_env` key naming an unset (or empty)
+    environment variable, each `*_file` / `*_files` key naming a file that cannot be read ("FILE: key:
+    problem", never a value read)."""
+    out: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = prefix + name
+        if value is None:
+            continue
+        if isinstance(value, BaseModel):
+            out += unresolved(value, where, key + ".")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    out += unresolved(item, where, f"{key}.{i}.")
+                elif name.endswith("_files") and isinstance(item, str):
+                    out += _unreadable(item, where, f"{key}.{i}")
+        elif name.endswith("_env") and isinstance(value, str):
+            if not os.environ.get(value, "").strip():
+                out.append(f"{where}: {key}: environment variable {value} is not set")
+        elif name.endswith("_file") and isinstance(value, str):
+            out += _unreadable(value, where, key)
+    return out
+
+
+def _unreadable(path: str, where: str, key: str) -> list[str]:
+    try:
+        with open(path, "rb"):
+            return []
+    except OSError as exc:
+        return [f"{where}: {key}: cannot read {path}: {exc.strerror}"]
+
+
 @dataclass
 class Settings:
     """The loaded configuration: daemon settings plus every check, paths resolved."""
@@ -506,6 +562,16 @@ class Settings:
     daemon: DaemonConfig
     checks: list[CheckConfig] = field(default_factory=list)
     check_files: dict[str, Path] = field(default_factory=dict)
+
+    def unresolved(self) -> list[str]:
+        """Every environment variable and file the configuration names that is not there (`check-config`:
+        the daemon and the checks would stop on them later)."""
+        out = unresolved(self.daemon, str(self.path or "(built-in defaults)"))
+        if os.environ.get(ENV_HISTORY_URL):  # it replaces history.url_env / url_file
+            out = [p for p in out if ": history.url_" not in p]
+        for check in self.checks:
+            out += unresolved(check, str(self.check_files.get(check.check_id, check.check_id)))
+        return out
 
     def history_url(self, override: str | None = None) -> str:
         if override:
@@ -689,6 +755,7 @@ def load_settings(path: Path | None) -> Settings:
         else:
             files = sorted(list(cdir.glob("*.yaml")) + list(cdir.glob("*.yml")))
             seen: dict[str, Path] = {}
+            names: dict[str, Path] = {}  # `verify-now NAME` and `history NAME` must name one check
             for f in files:
                 check = load_check(f, daemon.defaults, errors)
                 if check is None:
@@ -696,7 +763,11 @@ def load_settings(path: Path | None) -> Settings:
                 if check.check_id in seen:
                     errors.append(f"{f}: id: check id {check.check_id!r} already used by {seen[check.check_id]}")
                     continue
+                if check.name in names:
+                    errors.append(f"{f}: name: check name {check.name!r} already used by {names[check.name]}")
+                    continue
                 seen[check.check_id] = f
+                names[check.name] = f
                 settings.checks.append(check)
                 settings.check_files[check.check_id] = f
     if errors:

@@ -72,6 +72,20 @@ class HistoryError(Exception):
     """The history database could not be used.  Messages name it with the password masked."""
 
 
+class NotRecorded(HistoryError):
+    """A run was done but its result could not be written (the database stayed locked, went away...):
+    `result` holds the verdict, so that it can still be shown.  The run stays `running` in the history
+    until a later start records it interrupted."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class HistoryMissing(HistoryError):
+    """A SQLite history file that is not there, opened by a command that only reads."""
+
+
 class SlotTaken(HistoryError):
     """A run of this check for this schedule slot already exists (another process or replica took it)."""
 
@@ -439,10 +453,11 @@ def _retry_locked(fn: Callable[[], T], seconds: float = 30.0) -> T:
         delay = min(delay * 2, 0.5)
 
 
-def create_history_engine(url: str) -> Engine:
+def create_history_engine(url: str, *, create: bool = True) -> Engine:
     """An engine set up for the history: SQLite in WAL mode with a 30 s busy timeout, write transactions
     started with BEGIN IMMEDIATE; PostgreSQL through psycopg 3 with pre-ping and a connect timeout.
-    A bare path means SQLite; `postgresql://` means `postgresql+psycopg://`."""
+    A bare path means SQLite; `postgresql://` means `postgresql+psycopg://`.  Without `create`, a SQLite
+    file that does not exist is an error (commands that only read never make an empty history)."""
     if "://" not in url:
         url = f"sqlite:///{Path(url).absolute()}"
     parsed = sa.make_url(url)
@@ -453,8 +468,15 @@ def create_history_engine(url: str) -> Engine:
         raise HistoryError(f"unsupported history database {masked}: use sqlite:///PATH or postgresql+psycopg://...")
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
+        if path is not None and not create and not path.exists():
+            raise HistoryMissing(f"no history database at {path}: nothing was recorded there (a mistyped "
+                                 "--history or history.url?)")
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise HistoryError(f"history database {path}: cannot create its folder {path.parent}: "
+                                   f"{exc.strerror}") from None
         engine = sa.create_engine(parsed, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -626,6 +648,7 @@ class History:
         clock: Callable[[], float] = time.time,
         host: str | None = None,
         pid: int | None = None,
+        create: bool = True,
     ) -> None:
         self.clock = clock
         self.host = host if host is not None else socket.gethostname()
@@ -645,7 +668,7 @@ class History:
         self._picked: dict[str, tuple[dict[str, int], RunRow | None, datetime | None, str | None]] = {}
         self._shown: list[str] = []  # the ids of those runs (pruning may delete them)
         self._summaries: dict[str, CheckSummary] = {}
-        self._engine = create_history_engine(url)
+        self._engine = create_history_engine(url, create=create)
         self._password = self._engine.url.password
 
     @classmethod
@@ -656,8 +679,11 @@ class History:
         clock: Callable[[], float] = time.time,
         host: str | None = None,
         pid: int | None = None,
+        create: bool = True,
     ) -> History:
-        history = cls(url, clock=clock, host=host, pid=pid)
+        """The history at `url`, its schema brought to this version.  `create=False`: a SQLite file that
+        does not exist is a HistoryError (for commands that only read)."""
+        history = cls(url, clock=clock, host=host, pid=pid, create=create)
         try:
             history.ensure_schema()
         except BaseException:
@@ -689,7 +715,9 @@ class History:
         """Driver and connection errors as HistoryError naming the masked URL (never the password)."""
         try:
             yield
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError) as exc:
+        except sa.exc.IntegrityError:
+            raise  # a constraint: the caller's to decide (a slot already taken...)
+        except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # not a database, corrupt, locked...
             raise HistoryError(f"history database {self.describe()}: {_scrub(str(exc.orig), self._password)}") from None
 
     @contextlib.contextmanager

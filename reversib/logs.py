@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-QUIET = ("boto3", "botocore", "s3transfer", "urllib3", "paramiko", "apscheduler", "alembic", "sqlalchemy")
+QUIET = ("boto3", "botocore", "s3transfer", "urllib3", "paramiko", "apscheduler", "alembic", "sqlalchemy",
+         "bagit")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 

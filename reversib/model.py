@@ -120,6 +120,7 @@ class FindingKind(str, enum.Enum):
     SOURCE_ERROR = "source_error"
     MANIFEST_UNSIGNED = "manifest_unsigned"
     MANIFEST_SIGNATURE_INVALID = "manifest_signature_invalid"
+    SIGNATURE_UNVERIFIABLE = "signature_unverifiable"
     ENTRY_VANISHED = "entry_vanished"
     DIGEST_CHANGED = "digest_changed"
     DUMP_TRUNCATED = "dump_truncated"
@@ -188,6 +189,10 @@ KIND_INFO: dict[FindingKind, KindInfo] = {
     ),
     FindingKind.MANIFEST_SIGNATURE_INVALID: KindInfo(
         Severity.ERROR, "the manifest's signature does not verify (altered manifest, unknown key, wrong identity)"
+    ),
+    FindingKind.SIGNATURE_UNVERIFIABLE: KindInfo(
+        Severity.ERROR, "the manifest's signature could not be checked here (verification tool missing, key file "
+        "unreadable): nothing is concluded about it", True
     ),
     FindingKind.ENTRY_VANISHED: KindInfo(
         Severity.ERROR, "append-only dataset: a file verified before is no longer listed in the manifest"

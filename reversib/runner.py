@@ -70,7 +70,14 @@ def run_check(check: CheckConfig, history: History, *, trigger: Trigger = Trigge
         result.outcome = decide_outcome(result.findings, error=result.error, deferred=deferred)
     result.finished_at = clock()
     result.duration_seconds = max(0.0, result.finished_at - started)
-    history.finish_run(result, entry_records(report))
+    from reversib.history import HistoryError, NotRecorded  # loaded already: `history` is one of its objects
+
+    try:
+        history.finish_run(result, entry_records(report))
+    except NotRecorded:
+        raise
+    except HistoryError as exc:
+        raise NotRecorded(f"the verdict could not be recorded: {exc}", result) from exc
     log.info("run finished", extra={"event": "run", "check": check.check_id, "run_id": run_id,
                                     "outcome": result.outcome.value, "counts": result.counts,
                                     "duration_seconds": round(result.duration_seconds, 3)})
@@ -100,7 +107,7 @@ def attempt(check: CheckConfig, result: RunResult, clock: Callable[[], float], c
                                        actual=str(exc)))
     except (Cancelled, KeyboardInterrupt) as exc:
         result.state = RunState.INTERRUPTED
-        result.error = f"interrupted: {exc or 'signal'}"
+        result.error = f"interrupted: {str(exc) or 'Ctrl-C'}"
         interrupt = exc
     except Exception as exc:  # reversib's own failure: recorded, never a pass
         log.exception("internal error while running check %s", check.check_id)
@@ -341,11 +348,15 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
             if found is None:
                 raise ManifestNotFound(f"no manifest found at the root of {export.describe()} "
                                        "(looked for bagit.txt, reversib-manifest.json, manifest.json, SHA256SUMS, "
-                                       "SHA512SUMS, MD5SUMS, B2SUMS, *.sha256 ...): set manifest.path")
+                                       "SHA512SUMS, MD5SUMS, B2SUMS, *.sha256 ...): set manifest.path "
+                                       "(verify-now --source: --manifest)")
             src, path, place = export, found, found or "(bag)"
         result.manifest = place
         try:
-            return load_manifest(src, path, m.format)
+            manifest = load_manifest(src, path, m.format)
+            if src is not export:  # its own files are not the export's: an export file of the same name is
+                manifest.own_paths = set()  # the export's, and `unexpected` when not listed
+            return manifest
         finally:
             if src is not export:
                 src.close()  # an external manifest's source (an SFTP connection...)

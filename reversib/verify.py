@@ -189,7 +189,15 @@ class Verifier:
         for e in unexpected:
             by_norm.setdefault(normalized_name(e.path), []).append(e)
         paired: set[str] = set()
+        # folders the listing could not enter: what the manifest lists below them is unknown, not absent
+        blocked = [(e.path + "/", e.problem) for e in unexpected
+                   if e.problem is not None and e.problem.startswith("directory cannot be listed")]
         for m in missing:
+            below = next(((folder, why) for folder, why in blocked if m.path.startswith(folder)), None)
+            if below is not None:
+                findings.append(Finding(FindingKind.UNREADABLE, m.path, expected=_expected_text(m),
+                                        actual=f"in {below[0]}, which cannot be listed ({below[1]})"))
+                continue
             candidates = by_norm.get(normalized_name(m.path))
             if candidates:
                 e = candidates.pop(0)
@@ -197,9 +205,14 @@ class Verifier:
                 findings.append(Finding(FindingKind.NAME_NORMALIZATION, m.path, expected=ascii(m.path),
                                         actual=ascii(e.path),
                                         detail="names differ only by Unicode normalization or case"))
+            elif (there := self._not_a_file(m.path)) is not None:
+                findings.append(Finding(FindingKind.UNREADABLE, m.path, expected=_expected_text(m), actual=there))
             else:
                 findings.append(Finding(FindingKind.MISSING, m.path, expected=_expected_text(m), actual="absent"))
         severity = Severity.WARNING if self.options.allow_unexpected else Severity.ERROR
+        unread = self.manifest.unattributed
+        if unread:  # an unlisted file may be on a manifest line that could not be read: no proof of a failure
+            severity = Severity.WARNING
         for e in unexpected:
             if e.path in paired:
                 continue
@@ -208,7 +221,22 @@ class Verifier:
                                         severity=severity))
                 continue
             findings.append(Finding(FindingKind.UNEXPECTED, e.path, expected="not listed",
-                                    actual=f"size {e.size}" if e.size is not None else "present", severity=severity))
+                                    actual=f"size {e.size}" if e.size is not None else "present", severity=severity,
+                                    detail=f"{unread} manifest entr{'y' if unread == 1 else 'ies'} could not be "
+                                           "read: it may be listed there" if unread else None))
+
+    def _not_a_file(self, path: str) -> str | None:
+        """Why a listed path that the listing did not yield is there all the same (a folder...), or None.
+        Asked of sources without a round trip per path only (a local export)."""
+        if self.source.capabilities.latency_bound:
+            return None
+        try:
+            entry = self.source.stat(path)
+        except OSError:
+            return None
+        if entry is None or entry.problem is None:
+            return None
+        return "a directory, not a file" if entry.problem == "a directory" else entry.problem
 
     # -- fixity -------------------------------------------------------------------------
     def _plan(self, m: ManifestEntry, e: Entry) -> tuple[str, ...]:

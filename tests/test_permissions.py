@@ -62,7 +62,9 @@ def test_unlistable_folder_is_unreadable(shared_dir: Path) -> None:
     proc = as_nobody(["verify-now", "--source", str(root), "--json", "--history",
                       f"sqlite:///{shared_dir}/h.db", "--no-progress"])
     doc = json.loads(proc.stdout)
-    found = sorted((f["kind"], f["path"]) for f in doc["runs"][0]["findings"])
-    # the folder cannot be listed: its file is not seen (missing) and the folder itself is reported
-    assert found == [("missing", "locked/b.txt"), ("unreadable", "locked")], doc
+    found = sorted((f["kind"], f["path"], f["actual"]) for f in doc["runs"][0]["findings"])
+    # the folder cannot be listed: it is reported, and its file is unreadable (unknown), never `missing`
+    assert found == [("unreadable", "locked", "directory cannot be listed: Permission denied"),
+                     ("unreadable", "locked/b.txt",
+                      "in locked/, which cannot be listed (directory cannot be listed: Permission denied)")], doc
     assert proc.returncode == 1

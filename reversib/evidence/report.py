@@ -122,7 +122,9 @@ def _coverage(conn: sa.Connection, wanted: Sequence[str], since: dt.datetime,
         newest, sa.and_(r.check_id == newest.c.check_id, r.started_at == newest.c.at))
     out: dict[str, dict[str, Any]] = {}
     for row in conn.execute(stmt):
-        cov = row.coverage or {}
+        cov = row.coverage
+        if not cov:  # no rolling coverage configured (every run verifies every entry): nothing to show
+            continue
         out[row.check_id] = {"run_id": row.id, "at": iso(row.finished_at),
                              **{k: cov.get(k) for k in ("ratio", "period_seconds", "entries", "bytes",
                                                         "covered_files", "covered_bytes", "oldest_verified_at")}}

@@ -10,7 +10,9 @@
   The exact bytes that were parsed are verified (they are read again and must have the parsed
   manifest's digest).  No signature file: `manifest_unsigned` (error when `required`, else warning); a
   signature that does not verify (altered manifest, unknown key, wrong identity or namespace):
-  `manifest_signature_invalid`.
+  `manifest_signature_invalid`.  A signature that cannot be checked here (the tool is not installed, a
+  key file cannot be read or imported): `signature_unverifiable`, outcome `error` -- never a failure
+  blamed on the provider.
 * **Drift** (`manifest.append_only: true`): compared with what reversib verified before (the
   `entry_state` of the check), a path that is no longer in the manifest is `entry_vanished`, and a path
   whose digest (same algorithm) differs from the digest reversib computed earlier is `digest_changed`:
@@ -38,6 +40,20 @@ if TYPE_CHECKING:
 
 MAX_MANIFEST_BYTES = 1 << 30
 MAX_SIG_BYTES = 1 << 16
+
+
+class CannotCheck(Exception):
+    """The signature cannot be checked on this machine (tool missing, key file unreadable or unusable):
+    reversib's side, not the provider's -- `signature_unverifiable` (outcome `error`), never a failure."""
+
+
+def _readable(paths: Iterable[str]) -> None:
+    for path in paths:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise CannotCheck(f"cannot read the key file {path}: {exc.strerror}") from None
 
 
 def check_manifest(check: CheckConfig, export: Source, manifest: Manifest, result: RunResult,
@@ -83,13 +99,17 @@ def _signature_findings(export: Source, place: str, parsed_digest: str, sig: Sig
     data = _read(export, place, MAX_MANIFEST_BYTES)
     if data is None or hashlib.sha256(data).hexdigest() != parsed_digest:
         return invalid("the manifest changed after it was read: its signed bytes are not the ones verified")
-    if sig.type == "ssh":
-        assert sig.allowed_signers_file is not None and sig.identity is not None  # the config validator
-        ok, message = verify_ssh_signature(data, signature, sig.allowed_signers_file, sig.identity, sig.namespace)
-    elif sig.type == "minisign":
-        ok, message = verify_minisign_signature(data, signature, sig.public_key_files)
-    else:
-        ok, message = verify_openpgp_signature(data, signature, sig.public_key_files)
+    try:
+        if sig.type == "ssh":
+            assert sig.allowed_signers_file is not None and sig.identity is not None  # the config validator
+            ok, message = verify_ssh_signature(data, signature, sig.allowed_signers_file, sig.identity,
+                                               sig.namespace)
+        elif sig.type == "minisign":
+            ok, message = verify_minisign_signature(data, signature, sig.public_key_files)
+        else:
+            ok, message = verify_openpgp_signature(data, signature, sig.public_key_files)
+    except CannotCheck as exc:
+        return [Finding(FindingKind.SIGNATURE_UNVERIFIABLE, place, expected=expected, actual=str(exc))]
     return [] if ok else invalid(message)
 
 
@@ -109,7 +129,8 @@ def verify_ssh_signature(data: bytes, signature: bytes, allowed_signers: str, id
     that `allowed_signers` allows for `identity` and `namespace`; (False, why) otherwise."""
     tool = shutil.which("ssh-keygen")
     if tool is None:
-        return False, "ssh-keygen (openssh-client) is not installed: the signature cannot be checked"
+        raise CannotCheck("ssh-keygen (openssh-client) is not installed: the signature cannot be checked")
+    _readable([allowed_signers])
     with tempfile.TemporaryDirectory(prefix="reversib-sig-") as tmp:
         sig_file = Path(tmp) / "manifest.sig"
         sig_file.write_bytes(signature)
@@ -125,7 +146,8 @@ def verify_minisign_signature(data: bytes, signature: bytes, public_keys: Sequen
     temporary folder, so the verified bytes are exactly the parsed ones."""
     tool = shutil.which("minisign")
     if tool is None:
-        return False, "minisign is not installed: the signature cannot be checked"
+        raise CannotCheck("minisign is not installed: the signature cannot be checked")
+    _readable(public_keys)
     messages = []
     with tempfile.TemporaryDirectory(prefix="reversib-sig-") as tmp:
         manifest, sig_file = Path(tmp) / "manifest", Path(tmp) / "manifest.minisig"
@@ -149,7 +171,8 @@ def verify_openpgp_signature(data: bytes, signature: bytes, public_keys: Sequenc
     revoked or expired key."""
     tool = shutil.which("gpg")
     if tool is None:
-        return False, "gpg (gnupg) is not installed: the signature cannot be checked"
+        raise CannotCheck("gpg (gnupg) is not installed: the signature cannot be checked")
+    _readable(public_keys)
     with tempfile.TemporaryDirectory(prefix="reversib-gpg-") as home:
         os.chmod(home, 0o700)
         # No agent, no network (no key retrieval), trust = being in this keyring (the configured keys only).
@@ -158,7 +181,7 @@ def verify_openpgp_signature(data: bytes, signature: bytes, public_keys: Sequenc
         imported = subprocess.run([*base, "--import", *public_keys], stdin=subprocess.DEVNULL,
                                   capture_output=True, timeout=60)
         if imported.returncode != 0:
-            return False, "the configured OpenPGP public keys cannot be imported: " + _clean(imported.stderr, home)
+            raise CannotCheck("the configured OpenPGP public keys cannot be imported: " + _clean(imported.stderr, home))
         sig_file = Path(home) / "manifest.sig"
         sig_file.write_bytes(signature)
         proc = subprocess.run([*base, "--status-fd", "1", "--verify", str(sig_file), "-"], input=data,

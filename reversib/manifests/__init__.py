@@ -100,6 +100,9 @@ def find_manifest(source: Source) -> str | None:
         entry = source.stat(name)
         if entry is not None and entry.type is EntryType.FILE and not entry.problem:
             return "" if name == "bagit.txt" else name
+        if entry is not None and entry.type is EntryType.SYMLINK and entry.problem:
+            # there, but never read: saying "no manifest found" would send the user looking elsewhere
+            raise ManifestError(f"{name} is there but is not read: {entry.problem}")
     candidates = [e.path for e in source.iter_entries()
                   if "/" not in e.path and e.type is EntryType.FILE and not e.problem
                   and e.path.lower().endswith(SUFFIXES)]

@@ -290,6 +290,12 @@ def parse_bag(source: Source, path: str = "") -> Manifest:
         bag.findings.append(Finding(
             FindingKind.MANIFEST_INVALID, entry_path, expected="listed in every payload manifest",
             actual=f"not listed in {missing}", detail=", ".join(listed)))
+    # RFC 8493 2.2.3: every file fetch.txt names must be listed in every payload manifest
+    fetched = [f for f in bag.findings if f.kind is FindingKind.FETCH_REFERENCE and f.path not in payload]
+    for f in fetched:
+        bag.findings.append(Finding(FindingKind.MANIFEST_INVALID, f.path, expected="listed in the payload "
+                                    "manifests (as every file fetch.txt names)", actual="in fetch.txt only",
+                                    detail=f.detail))
     raw = [v[0] for v in payload.values()]
     payload.clear()
     raw += [v[0] for v in tags.values()]

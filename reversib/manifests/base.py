@@ -133,8 +133,11 @@ class Manifest:
     findings: list[Finding] = field(default_factory=list)
     # Paths (relative to the export root) that belong to the manifest itself: never `unexpected`.
     own_paths: set[str] = field(default_factory=set)
-    # Paths the manifest mentions without a usable entry (duplicated): never `unexpected`.
+    # Paths the manifest mentions without a usable entry (duplicated, malformed): never `unexpected`.
     untrusted: set[str] = field(default_factory=set)
+    # Entries that could not be read at all, not even their path: an unlisted file may be one of them, so
+    # it is not proof of a failure (`unexpected` becomes a warning; the run is `error` by manifest_invalid).
+    unattributed: int = 0
     # When set, only paths below this prefix can be `unexpected` (BagIt: "data/").
     unexpected_scope: str | None = None
     # sha256 of the manifest's bytes (for a bag: of its tag files, in name order).

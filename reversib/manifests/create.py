@@ -99,11 +99,13 @@ def sum_line(path: str, digest: str) -> bytes:
 
 
 def create_manifest(root: Path, fmt: str, out: Path | None = None,
-                    algorithms: Sequence[str] | None = None) -> Path:
+                    algorithms: Sequence[str] | None = None, *, replace: bool = False) -> Path:
     """Write a manifest of `root` in `fmt` and return its path (for a bag: its bagit.txt).
 
-    `algorithms` defaults to ("sha256",); a `<alg>sum` format takes only its own algorithm.
-    Raises ValueError for a bad argument or a directory with nothing to list."""
+    `algorithms` defaults to ("sha256",); a `<alg>sum` format takes only its own algorithm.  An existing
+    file at the output is replaced only with `replace` (it may be the provider's own manifest: writing
+    over it would make a damaged export agree with itself).
+    Raises ValueError for a bad argument, an existing output or a directory with nothing to list."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"not a directory: {root}")
@@ -123,6 +125,9 @@ def create_manifest(root: Path, fmt: str, out: Path | None = None,
         for a in algs:
             new_hasher(a)
     out = Path(out) if out is not None else root / default_name
+    if not replace and (out.exists() or out.is_symlink()):
+        raise ValueError(f"{out} exists (it may be the provider's manifest): give --force to replace it, or "
+                         "--output to write elsewhere")
     own = _relative(root, out)
     files = hash_files(root, algs, {own} if own else set())
     if not files:

@@ -153,6 +153,8 @@ def load_document(data: bytes, location: str) -> tuple[dict[str, Any], list[str]
         doc = json.loads(text, object_pairs_hook=duplicates, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"{location} is not a JSON document: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{location}: arrays or objects nested too deeply to be a manifest") from None
     if not isinstance(doc, dict) or "reversib_manifest" not in doc:
         raise ManifestError(f"{location} is not a reversib manifest (no 'reversib_manifest' key)")
     version = doc["reversib_manifest"]
@@ -204,14 +206,23 @@ def parse_json(source: Source, path: str) -> Manifest:
             expect[key] = int(value) if key in ("min_files", "min_bytes") else value
 
     raw: list[ManifestEntry] = []
+    bad_paths: set[str] = set()  # entries rejected whose path is readable: never `unexpected`
+    unattributed = 0  # entries rejected without a path
     for index, item in enumerate(doc["entries"]):
         problems = entry_problems(item)
         entry_path = item.get("path") if isinstance(item, dict) and isinstance(item.get("path"), str) else None
         if problems:
             invalid("; ".join(problems), entry_path, f"entry {index}")
+            if entry_path is not None:
+                bad_paths.add(strip_dot_slash(entry_path))
+            else:
+                unattributed += 1
             continue
         assert entry_path is not None
         mtime = parse_rfc3339(item["mtime"]) if "mtime" in item else None
         raw.append(ManifestEntry(strip_dot_slash(entry_path), int(item["size"]), dict(item["digests"]), mtime))
-    return finalize("json", path, raw, findings, own_paths={strip_dot_slash(path)},
-                    digest=hashlib.sha256(data).hexdigest(), expect=expect)
+    manifest = finalize("json", path, raw, findings, own_paths={strip_dot_slash(path)},
+                        digest=hashlib.sha256(data).hexdigest(), expect=expect)
+    manifest.untrusted |= bad_paths
+    manifest.unattributed = unattributed
+    return manifest

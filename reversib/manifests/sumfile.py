@@ -60,6 +60,8 @@ _HEX = re.compile(rb"[0-9A-Fa-f]+")
 # The common line, `lowercase-hex  name` or `lowercase-hex *name` with nothing to strip or unescape: parsed by
 # `_fast_line` with the outcome `parse_line` would give; any other line goes to `parse_line`.
 _FAST = re.compile(rb"([0-9a-f]+) [ *]([^\r]+)", re.DOTALL)
+# What is left of a line whose digest is damaged: a token, the separator, a name.
+_LOOSE = re.compile(rb"([^ \t]+) [ *](.+)", re.DOTALL)
 
 # Manifest file names (lower case, without a trailing .txt) that name the format.
 _NAMES = {"md5sums": "md5sum", "sha1sums": "sha1sum", "sha224sums": "sha224sum", "sha256sums": "sha256sum",
@@ -210,13 +212,20 @@ def parse_line(line: bytes, context: str | None, lineno: int = 0,
         return ManifestEntry(name, None, {alg: hexd.decode("ascii").lower()}, line=lineno), "bsd"
     untagged = _UNTAGGED.fullmatch(s)
     if not untagged:
+        loose = _LOOSE.fullmatch(s)  # a damaged digest before a well-formed name: the entry's path is known
+        if loose and 8 <= len(loose.group(1)) <= 128:
+            try:
+                name = _decode(unescape_name(loose.group(2)) if escaped else loose.group(2))
+            except _BadLine:
+                raise _BadLine("not a checksum line") from None
+            raise _BadLine("digest is not hexadecimal", name)
         raise _BadLine("not a checksum line")
     hexd, rest = untagged.group("hex"), untagged.group("rest")
     if not rest[:1] or rest[:1] not in b" \t":
         raise _BadLine("not a checksum line (digest not followed by a space)")
-    if rest[1:2] not in (b" ", b"*"):
-        raise _BadLine("expected two spaces or ' *' between digest and file name")
-    raw_name = rest[2:]
+    # GNU: one space, then an optional mode character (' ' text, '*' binary); `sha256sum -c` accepts
+    # "HEX name" with a single space too
+    raw_name = rest[2:] if rest[1:2] in (b" ", b"*") else rest[1:]
     if not raw_name:
         raise _BadLine("missing file name")
     name = _decode(unescape_name(raw_name) if escaped else raw_name)
@@ -252,6 +261,8 @@ def parse_sumfile(source: Source, path: str, *, format_hint: str = "auto") -> Ma
     raw: list[ManifestEntry] = []
     findings: list[Finding] = []
     kinds: set[str] = set()
+    bad_paths: set[str] = set()  # malformed lines whose path is readable: never `unexpected`
+    unattributed = 0  # malformed lines without even a path
     fast = _FAST.fullmatch
     lengths = _fast_lengths(context)
     entry = ManifestEntry.single
@@ -276,8 +287,12 @@ def parse_sumfile(source: Source, path: str, *, format_hint: str = "auto") -> Ma
                     raise _BadLine(f"line longer than {MAX_LINE} bytes")
                 parsed = parse_line(line, context, lineno, path)
             except _BadLine as exc:
-                findings.append(Finding(FindingKind.MANIFEST_INVALID, exc.path, expected="a checksum line",
-                                        actual=exc.reason, detail=f"line {lineno}"))
+                if exc.path is not None:
+                    bad_paths.add(strip_dot_slash(exc.path))
+                else:
+                    unattributed += 1
+                findings.append(Finding(FindingKind.MANIFEST_INVALID, exc.path or strip_dot_slash(path),
+                                        expected="a checksum line", actual=exc.reason, detail=f"line {lineno}"))
                 continue
             if parsed is not None:
                 raw.append(parsed[0])
@@ -294,4 +309,7 @@ def parse_sumfile(source: Source, path: str, *, format_hint: str = "auto") -> Ma
         fmt = kinds.pop()
     else:
         fmt = named or "mixed"
-    return finalize(fmt, path, raw, findings, own_paths={strip_dot_slash(path)}, digest=reader.sha256.hexdigest())
+    manifest = finalize(fmt, path, raw, findings, own_paths={strip_dot_slash(path)}, digest=reader.sha256.hexdigest())
+    manifest.untrusted |= bad_paths
+    manifest.unattributed = unattributed
+    return manifest

@@ -26,7 +26,7 @@ def _run(tmp_path: Path, dump: Path, expect: Any, check_dump: dict[str, Any], re
     shutil.rmtree(export, ignore_errors=True)
     (export / "db").mkdir(parents=True)
     shutil.copyfile(dump, export / "db" / "crm.dump")
-    create_manifest(export, "json", tmp_path / "m.json")
+    create_manifest(export, "json", tmp_path / "m.json", replace=True)
     doc = json.loads((tmp_path / "m.json").read_text())
     doc["expect"] = {"dumps": expect}
     (export / "reversib-manifest.json").write_text(json.dumps(doc))

@@ -74,6 +74,19 @@ def test_manifest_signed_by_an_unknown_key_is_a_finding(tmp_path: Path, signer: 
     assert kinds(result) == [("manifest_signature_invalid", "SHA256SUMS", "error")]
 
 
+def test_a_key_file_we_cannot_read_is_could_not_verify_not_a_failure(tmp_path: Path,
+                                                                      signer: tuple[Path, Path]) -> None:
+    """The provider signed correctly; our allowed-signers file is gone: reversib's side (outcome error,
+    `signature_unverifiable`), never `manifest_signature_invalid` blamed on the provider."""
+    key, _ = signer
+    export = write_export(tmp_path / "export")
+    sign(key, export / "SHA256SUMS")
+    result = run(tmp_path, export, signature={"allowed_signers_file": str(tmp_path / "nofile"), "identity": IDENTITY})
+    assert result.outcome is Outcome.ERROR
+    assert kinds(result) == [("signature_unverifiable", "SHA256SUMS", "error")]
+    assert "cannot read the key file" in (result.findings[0].actual or "")
+
+
 @pytest.mark.parametrize("case", ["altered manifest", "wrong identity", "wrong namespace"])
 def test_bad_signatures_are_findings(tmp_path: Path, signer: tuple[Path, Path], case: str) -> None:
     key, allowed = signer

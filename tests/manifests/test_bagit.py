@@ -106,6 +106,9 @@ def test_fetch_txt(tmp_path: Path) -> None:
                      ("data/sp\nce.txt", "https://example.org/x", "length -")]
     assert "fetch.txt" in m.own_paths
     assert "fetch.txt" in [e.path for e in m.entries]
+    # RFC 8493 2.2.3: a file fetch.txt names must be in every payload manifest; these two are not
+    invalid = [(f.path, f.actual) for f in m.findings if f.kind is FindingKind.MANIFEST_INVALID]
+    assert invalid == [("data/big.bin", "in fetch.txt only"), ("data/sp\nce.txt", "in fetch.txt only")]
 
 
 def test_path_missing_from_one_payload_manifest(tmp_path: Path) -> None:

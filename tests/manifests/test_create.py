@@ -48,8 +48,10 @@ def test_sha256sum_matches_gnu_and_passes_sha256sum_c(export: Path) -> None:
     check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=export, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert check.stdout.count(": OK") == len(FILES)
-    # Run again: the manifest does not list itself.
-    create_manifest(export, "sha256sum")
+    # Never written over by default (it may be the provider's); replaced, it does not list itself.
+    with pytest.raises(ValueError, match=r"exists .*--force"):
+        create_manifest(export, "sha256sum")
+    create_manifest(export, "sha256sum", replace=True)
     assert out.read_bytes() == gnu
     m = load_manifest(LocalSource(export), "SHA256SUMS")
     assert m.format == "sha256sum"
@@ -206,3 +208,18 @@ def test_find_manifest_order(tmp_path: Path) -> None:
         assert find_manifest(source) == name
     (tmp_path / "bagit.txt").write_text("x")
     assert find_manifest(source) == ""
+
+
+def test_cli_refuses_to_write_over_a_manifest_of_a_damaged_export(export: Path) -> None:
+    """The provider's SHA256SUMS proves a damaged file wrong; `manifest create` must not replace it by a
+    manifest of the damaged export (which would then pass)."""
+    from reversib.cli import main
+
+    out = create_manifest(export, "sha256sum")
+    before = out.read_bytes()
+    name = sorted(FILES)[0]
+    (export / name).write_bytes(b"damaged")
+    assert main(["manifest", "create", str(export), "--format", "sha256sum"]) == 64
+    assert out.read_bytes() == before
+    assert main(["manifest", "create", str(export), "--format", "sha256sum", "--force"]) == 0
+    assert out.read_bytes() != before

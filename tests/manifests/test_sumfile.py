@@ -228,7 +228,6 @@ def test_invalid_utf8_name(export: Path) -> None:
 
 
 @pytest.mark.parametrize("line", [
-    b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 single-space",
     b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85  odd-length",
     b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  ",
     b"zz  not-hex",
@@ -326,3 +325,16 @@ def test_fast_path_agrees_with_parse_line(tmp_path: Path, hint: str) -> None:
             continue
         assert m.entries == [entry] and not m.findings, (i, line)
         assert m.format == (hint if hint != "auto" else kind), (i, line)
+
+
+def test_a_single_space_is_accepted_as_gnu_sha256sum_accepts_it(tmp_path: Path) -> None:
+    """`HEX name` with one space: `sha256sum -c` (coreutils 9) reads it as a text-mode line."""
+    import hashlib
+    import subprocess
+
+    (tmp_path / "a.txt").write_bytes(b"hi\n")
+    (tmp_path / "SUMS").write_bytes(hashlib.sha256(b"hi\n").hexdigest().encode() + b" a.txt\n")
+    gnu = subprocess.run(["sha256sum", "-c", "SUMS"], cwd=tmp_path, capture_output=True, text=True)
+    assert gnu.returncode == 0, gnu.stdout + gnu.stderr
+    m = parse(tmp_path, "SUMS")
+    assert [e.path for e in m.entries] == ["a.txt"] and m.findings == []

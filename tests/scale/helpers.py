@@ -31,7 +31,7 @@ def make_sized_export(root: Path, n: int, seed: int = 7, max_size: int = 5000) -
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
-    create_manifest(root, "json", root.parent / "manifest.json")
+    create_manifest(root, "json", root.parent / "manifest.json", replace=True)
     return files
 
 

@@ -28,7 +28,7 @@ def export(tmp_path: Path) -> Path:
         p = root / f"f{i}.bin"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(rng.randbytes(3 * BLOCK + 1000 * i))  # 4 blocks, the last one short
-    create_manifest(root, "json", root.parent / "manifest.json")
+    create_manifest(root, "json", root.parent / "manifest.json", replace=True)
     return root
 
 
@@ -97,7 +97,7 @@ def test_a_changed_entry_is_not_challenged_against_its_old_blocks(tmp_path: Path
         _warm(history, export, clock)
         for i in range(N):  # every entry changes, manifest too: the recorded blocks describe nothing any more
             (export / f"f{i}.bin").write_bytes(bytes([i]) * (3 * BLOCK))
-        create_manifest(export, "json", export.parent / "manifest.json")
+        create_manifest(export, "json", export.parent / "manifest.json", replace=True)
         clock.now += DAY
         result = run_check(_check(export, N, budget_bytes=1, random_share=0), history, clock=clock,
                            rng=random.Random(4))

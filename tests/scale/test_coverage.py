@@ -72,7 +72,7 @@ def test_a_changed_entry_is_verified_in_the_very_next_run(tmp_path: Path, export
         states = {s.path: s.verified_at for s in history.entry_states("scale")}
         freshest = max(states, key=lambda p: (states[p], p))  # verified in the last run: not due for days
         (export / freshest).write_bytes(b"a new version of this file\n")
-        create_manifest(export, "json", export.parent / "manifest.json")
+        create_manifest(export, "json", export.parent / "manifest.json", replace=True)
         clock.now += DAY
         result = run_check(check, history, clock=clock, rng=rng)
         assert result.outcome is Outcome.PASSED
