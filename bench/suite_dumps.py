@@ -12,8 +12,9 @@ Rows: the anchor; reversib with the restore; reversib with `--restore never` (st
 and structural level only: the fixed cost that does not depend on restoring); importing pydantic and
 SQLAlchemy and nothing else (what reversib's libraries cost any program before it does anything).
 Target (case `restore-1m`): reversib with the restore <= 1.15x the anchor.  Case `restore-5m` (5M rows)
-shows that reversib's extra seconds do not grow with the restore.  Needs PostgreSQL on 127.0.0.1:5432
-(trust, user postgres) and its client tools; without them the suite is skipped with a note (a failure under CI=true).
+shows how the ratio and the extra seconds change when the restore outweighs the start-up.  Needs
+PostgreSQL on 127.0.0.1:5432 (trust, user postgres) and its client tools; without them the suite is
+skipped with a note (a failure under CI=true).
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def install(h: ModuleType) -> None:
 
     cases = [h.Case("restore-1m", "a 1,000,000-row table (smoke: 10,000), custom format; wall s; "
                                   "anchor CREATE DATABASE + pg_restore; the target"),
-             h.Case("restore-5m", "the same with 5,000,000 rows (smoke: 50,000): reversib's extra seconds over "
-                                  "the anchor stay the same while the restore grows (no target)")]
+             h.Case("restore-5m", "the same with 5,000,000 rows (smoke: 50,000): how reversib's ratio and extra "
+                                  "seconds change when the restore outweighs the start-up (no target)")]
 
     @h.register("dumps", "database dumps: `verify-now` restoring a pg_dump -Fc of 1M rows vs pg_restore by hand "
                          "into an empty database (anchor)", cases)

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", metavar="AGE", help="prune: remove the runs finished more than AGE ago (400d), "
                                                        "a signed checkpoint replacing them in each chain")
     p.add_argument("--dry-run", action="store_true", help="prune: only say what would be removed")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="newest N runs (default 20)")
+    p.add_argument("--limit", type=_positive, default=20, metavar="N", help="newest N runs (default 20)")
     p.add_argument("--run", metavar="RUN_ID", help="show one run with its findings")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -423,8 +423,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         return EXIT_PASSED
     for r in runs:
         d = r.to_dict()
-        print(f"{d['started_at']}  {(d['outcome'] or d['state']):<9} {d['trigger']:<8} "
-              f"files {d['files_verified']:<7} findings {sum((d['counts'] or {}).values()):<5} {d['id']}")
+        verdict = d["outcome"] or d["state"]
+        if d["state"] not in ("finished", verdict):  # running, interrupted: said, with why
+            verdict = f"{verdict} ({d['state']})"
+        why = f"  {printable(d['error'])[:100]}" if d["error"] else ""
+        print(f"{d['started_at']}  {verdict:<19} {d['trigger']:<8} "
+              f"files {d['files_verified']:<7} findings {sum((d['counts'] or {}).values()):<5} {d['id']}{why}")
     return EXIT_PASSED
 
 

@@ -45,7 +45,11 @@ class ConfigError(Exception):
         self.errors = errors
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+class Seconds(float):
+    """A duration as parsed, until validated: an error about its bounds then says "seconds"."""
+
+
+Duration = Annotated[float, BeforeValidator(lambda v: Seconds(parse_duration(v)))]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
@@ -610,6 +614,9 @@ def _fmt_loc(loc: Iterable[Any]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+_BOUNDS = frozenset({"less_than", "less_than_equal", "greater_than", "greater_than_equal"})
+
+
 def _errors(path: Path, exc: ValidationError) -> list[str]:
     out = []
     for e in exc.errors():
@@ -618,6 +625,8 @@ def _errors(path: Path, exc: ValidationError) -> list[str]:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif isinstance(e.get("input"), Seconds) and e["type"] in _BOUNDS:
+            msg = f"{msg} seconds (got {e['input']:g} seconds)"
         out.append(f"{path}: {_fmt_loc(e['loc'])}: {msg}")
     return out
 
@@ -748,8 +757,16 @@ def load_settings(path: Path | None) -> Settings:
         except ValidationError as exc:
             errors.extend(_errors(path, exc))
     settings = Settings(path, daemon or DaemonConfig(version=1))
-    if daemon is not None and daemon.checks_dir:
-        cdir = Path(daemon.checks_dir)
+    checks_dir, defaults = (daemon.checks_dir, daemon.defaults) if daemon is not None else (None, None)
+    if daemon is None and data is not None and isinstance(data.get("checks_dir"), str):
+        # This file is invalid; its checks are validated all the same, so that every error shows at once.
+        checks_dir = data["checks_dir"]
+        try:
+            defaults = DefaultsConfig.model_validate(data.get("defaults") or {})
+        except ValidationError:
+            defaults = DefaultsConfig()  # its errors are already listed
+    if checks_dir and defaults is not None:
+        cdir = Path(checks_dir)
         if not cdir.is_dir():
             errors.append(f"{path}: checks_dir: not a folder: {cdir}")
         else:
@@ -757,7 +774,7 @@ def load_settings(path: Path | None) -> Settings:
             seen: dict[str, Path] = {}
             names: dict[str, Path] = {}  # `verify-now NAME` and `history NAME` must name one check
             for f in files:
-                check = load_check(f, daemon.defaults, errors)
+                check = load_check(f, defaults, errors)
                 if check is None:
                     continue
                 if check.check_id in seen:

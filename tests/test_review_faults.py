@@ -286,3 +286,27 @@ def test_a_verdict_that_cannot_be_recorded_is_still_shown(tmp_path: Path, monkey
         assert history.reap_dead_runs() == []  # this process is alive: its run is still its own
         (row,) = history.latest_runs()
         assert row.state == "running"
+
+
+def test_an_invalid_daemon_file_does_not_hide_the_check_files_errors(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "reversib.yaml"
+    (tmp_path / "checks").mkdir()
+    cfg.write_text("version: 1\nchecks_dir: checks\ndaemon: {shutdown_timeout: 5m}\n")
+    (tmp_path / "checks" / "a.yaml").write_text(f"version: 1\nid: a\nname: A\nsource: {{url: {tmp_path}}}\nbogus: 1\n")
+    assert main(["check-config", "--config", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert f"{cfg}: daemon.shutdown_timeout: Input should be less than or equal to 60 seconds (got 300 seconds)" in err
+    assert f"{tmp_path / 'checks' / 'a.yaml'}: bogus: unknown key" in err
+
+
+def test_history_lists_why_a_run_did_not_finish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reversib.history import History
+
+    h = f"sqlite:///{tmp_path / 'h.db'}"
+    with History.open(h) as history:
+        run_id = history.start_run(check_id="c", check_name="c", trigger="cli")
+        history.mark_interrupted(run_id, "interrupted: signal SIGTERM")
+    assert main(["history", "c", "--history", h]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "error (interrupted)" in line and line.endswith("interrupted: signal SIGTERM")
