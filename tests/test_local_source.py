@@ -97,3 +97,13 @@ def test_a_manifest_given_as_export_dotdot_is_outside(tree: tuple[Path, Path]) -
     src = LocalSource(export)
     assert src.relative(str(export / ".." / "SUMS")) is None
     assert src.relative(str(export / "sub" / ".." / "SUMS")) == "SUMS"
+
+
+def test_the_refusal_names_the_folder_that_is_a_link(tmp_path: Path) -> None:
+    export, outside = tmp_path / "export", tmp_path / "outside"
+    (export / "ab").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "f").write_bytes(b"secret")
+    (export / "ab" / "b").symlink_to(outside)
+    with pytest.raises(PermissionError, match="ab/b is a symbolic link"):
+        _read(LocalSource(export), "ab/b/f")

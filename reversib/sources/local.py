@@ -162,15 +162,17 @@ class LocalSource(Source):
             return fd
         fd = os.open(self._root(), _DIR_FLAGS)
         try:
-            for part in rel_dir.split("/") if rel_dir else ():
+            parts = rel_dir.split("/") if rel_dir else []
+            for i, part in enumerate(parts):
                 if part in ("", ".", ".."):
                     raise PermissionError(f"refusing to open below {rel_dir!r}: not a plain relative path")
                 try:
                     sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(
-                            os.path.join(self._root(), rel_dir.partition(part)[0] + part)):
-                        raise PermissionError(f"refusing to open below {rel_dir}: {part} is a symbolic link "
+                    walked = "/".join(parts[:i + 1])
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(os.path.join(self._root(),
+                                                                                                 walked)):
+                        raise PermissionError(f"refusing to open below {rel_dir}: {walked} is a symbolic link "
                                               "(folders are not followed)") from None
                     raise
                 os.close(fd)
