@@ -1,7 +1,8 @@
 """Pick the generation (dated folder) to verify and check that the due ones are there.
 
 * `pattern` with a `%` is a strftime template (`%Y-%m-%d`, `export-%Y%m%d`): folders whose name
-  parses are generations, the newest date wins, and `expect.deadline` makes the day's delivery
+  parses are generations, the newest date up to today wins (a folder dated later is a
+  `generation_future` warning, never verified), and `expect.deadline` makes the day's delivery
   due from that time of day on (in the check's time zone): before the deadline, yesterday's is
   the one due.
 * any other `pattern` is a glob (`export-*`): the greatest name in code-point order wins.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from reversib.config import ExpectConfig, GenerationConfig
-from reversib.model import Finding, FindingKind
+from reversib.model import Finding, FindingKind, Severity
 
 
 @dataclass
@@ -38,6 +39,7 @@ def deadline_passed(day: dt.date, now: float, tz: ZoneInfo, deadline: dt.time) -
 
 
 def select(names: list[str], gen: GenerationConfig, expect: ExpectConfig, tz: ZoneInfo, now: float) -> GenerationChoice:
+    choice_findings: list[Finding] = []
     if gen.is_date:
         dated: list[tuple[dt.datetime, str]] = []
         for n in names:
@@ -46,11 +48,18 @@ def select(names: list[str], gen: GenerationConfig, expect: ExpectConfig, tz: Zo
             except ValueError:
                 continue
         dated.sort()
+        today = dt.datetime.fromtimestamp(now, tz).date()
+        for d, n in dated:
+            if d.date() > today:  # a clock or naming mistake: never allowed to hide the real newest export
+                choice_findings.append(Finding(
+                    FindingKind.GENERATION_FUTURE, n, expected=f"a generation dated {today} ({tz.key}) or earlier",
+                    actual=f"dated {d.date()}: not verified", severity=Severity.WARNING))
+        dated = [(d, n) for d, n in dated if d.date() <= today]
         candidates = [n for _, n in dated]
     else:
         candidates = sorted(n for n in names if fnmatch.fnmatchcase(n, gen.pattern))
         dated = []
-    choice = GenerationChoice(name=candidates[-1] if candidates else None)
+    choice = GenerationChoice(name=candidates[-1] if candidates else None, findings=choice_findings)
     if dated:
         choice.date = dated[-1][0]
     if not candidates:

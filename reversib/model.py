@@ -111,6 +111,7 @@ class FindingKind(str, enum.Enum):
     STALE = "stale"
     TOO_SMALL = "too_small"
     GENERATION_MISSING = "generation_missing"
+    GENERATION_FUTURE = "generation_future"
     INCOMPLETE_DELIVERY = "incomplete_delivery"
     MANIFEST_MISSING = "manifest_missing"
     MANIFEST_INVALID = "manifest_invalid"
@@ -164,6 +165,10 @@ KIND_INFO: dict[FindingKind, KindInfo] = {
     FindingKind.TOO_SMALL: KindInfo(Severity.ERROR, "fewer files or bytes than expect.min_files / expect.min_bytes"),
     FindingKind.GENERATION_MISSING: KindInfo(
         Severity.ERROR, "the generation due by the deadline, or one of the last `keep`, is absent"
+    ),
+    FindingKind.GENERATION_FUTURE: KindInfo(
+        Severity.WARNING, "a generation folder is dated after today (check's time zone): not verified, so that it "
+        "never hides the newest real export"
     ),
     FindingKind.INCOMPLETE_DELIVERY: KindInfo(
         Severity.ERROR,

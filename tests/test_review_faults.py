@@ -310,3 +310,23 @@ def test_history_lists_why_a_run_did_not_finish(tmp_path: Path, capsys: pytest.C
     assert main(["history", "c", "--history", h]) == 0
     line = capsys.readouterr().out.strip()
     assert "error (interrupted)" in line and line.endswith("interrupted: signal SIGTERM")
+
+
+def test_a_generation_dated_in_the_future_never_hides_the_newest_real_one(tmp_path: Path) -> None:
+    import datetime as dt
+    import shutil
+    from zoneinfo import ZoneInfo
+
+    repo = Path(__file__).resolve().parent.parent
+    for d in ("samples", "checks", "config"):
+        shutil.copytree(repo / d, tmp_path / d)
+    exports = tmp_path / "samples" / "acme-exports"
+    newest = sorted(p.name for p in exports.iterdir())[-1]
+    future = (dt.datetime.now(ZoneInfo("Europe/Paris")).date() + dt.timedelta(days=2)).isoformat()
+    (exports / future).mkdir()  # empty: verifying it would fail with manifest_missing
+    code, doc = verify_json(["acme-daily", "--config", str(tmp_path / "config" / "reversib.yaml")],
+                            tmp_path / "h.db")
+    run = doc["runs"][0]
+    assert (code, run["generation"]) == (0, newest)
+    assert [(f["kind"], f["path"], f["severity"]) for f in run["findings"]] == [
+        ("generation_future", future, "warning")]
