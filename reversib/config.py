@@ -25,6 +25,7 @@ from reversib.model import Tier
 from reversib.sources.s3_options import S3Options
 from reversib.sources.sftp_options import SftpOptions
 from reversib.units import parse_duration, parse_size
+from reversib.urls import has_password
 
 CONFIG_VERSION = 1
 ENV_CONFIG = "REVERSIB_CONFIG"
@@ -67,11 +68,11 @@ def _check_tz(value: str) -> str:
 
 def _no_password(value: str) -> str:
     """A URL never carries a secret: it is shown in output, logs and the history (the value is not echoed)."""
-    scheme, sep, rest = value.partition("://")
-    if sep and ":" in rest.split("/", 1)[0].rpartition("@")[0]:
-        raise ValueError(f"a password (or secret key) in a {scheme.lower()}:// URL is refused: it would be shown "
-                         "and recorded; give it by the source's options (sftp: password_env / password_file; "
-                         "s3: secret_access_key_env / secret_access_key_file)")
+    if has_password(value):
+        scheme = value.partition("://")[0].lower()
+        raise ValueError(f"a password (or secret key) in a {scheme}:// URL is refused: it would be shown "
+                         "and recorded; give it by the options' *_env / *_file keys (sftp: password_env / "
+                         "password_file; s3: secret_access_key_env / secret_access_key_file)")
     return value
 
 
@@ -154,6 +155,17 @@ class ManifestConfig(Strict):
     @classmethod
     def _fmt(cls, v: str) -> str:
         return check_format(v)
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        from reversib.manifests.base import path_problem
+
+        problem = path_problem(v.removeprefix("./")) if v is not None else None
+        if problem:
+            raise ValueError(f"manifest.path is inside the export (use manifest.location for one elsewhere): "
+                             f"{problem}")
+        return v
 
     @model_validator(mode="after")
     def _one_place(self) -> ManifestConfig:

@@ -48,3 +48,6 @@ def configure(level: int = logging.INFO, fmt: str = "text") -> None:
     logging.getLogger("reversib.runner").setLevel(level if fmt == "json" else max(level, logging.WARNING))
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # paramiko logs a failed handshake at ERROR with its traceback; reversib reports the failure itself
+    # (source_error naming the server): the traceback only with --verbose.
+    logging.getLogger("paramiko.transport").setLevel(level if level <= logging.DEBUG else logging.CRITICAL)

@@ -28,7 +28,7 @@ def render_result(r: RunResult, out: IO[str], *, verbose: bool = False) -> None:
               f"{format_size(r.bytes_verified)} verified in {format_duration(r.duration_seconds)} "
               f"(tiers: {tiers})\n")
     if r.error:
-        out.write(f"  could not verify: {r.error}\n")
+        out.write(f"  could not verify: {printable(r.error)}\n")
     shown = [f for f in r.findings if verbose or f.sev is not Severity.INFO or r.outcome is Outcome.DEFERRED]
     for f in shown[:MAX_FINDINGS_SHOWN if not verbose else None]:
         out.write(f"  {f.sev.value:<7} {f.kind.value:<18} {printable(f.path)}\n")

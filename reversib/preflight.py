@@ -33,6 +33,8 @@ def connect_one(check: CheckConfig) -> str | None:
             return None if problem is None else f"{problem} (generation {choice.name})"
     except (SourceError, ManifestNotFound, ManifestError, OSError) as exc:
         return f"{check.check_id}: {exc}"
+    except Exception as exc:  # reversib's own failure on one check: the others are still tried and reported
+        return f"{check.check_id}: internal error: {type(exc).__name__}: {exc}"
 
 
 def _export_problem(check: CheckConfig, root: Source) -> str | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from reversib.config import CheckConfig
 from reversib.manifests import ManifestNotFound, find_manifest, load_manifest
-from reversib.manifests.base import Manifest, ManifestError
+from reversib.manifests.base import Manifest, ManifestError, path_problem
 from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, Severity, Trigger, decide_outcome
 from reversib.sources import open_source, scheme_of
 from reversib.sources.base import Cancelled, CancelToken, RateLimiter, Source, SourceError
@@ -352,6 +352,8 @@ def _load_manifest(check: CheckConfig, export: Source, result: RunResult, deferr
                                        "(verify-now --source: --manifest)")
             src, path, place = export, found, found or "(bag)"
         result.manifest = place
+        if path and (problem := path_problem(path)):  # `--manifest s3://bucket/export/../x`: never opened
+            raise ManifestError(f"{place}: refused: {problem}")
         try:
             manifest = load_manifest(src, path, m.format)
             if src is not export:  # its own files are not the export's: an export file of the same name is

@@ -330,3 +330,36 @@ def test_a_generation_dated_in_the_future_never_hides_the_newest_real_one(tmp_pa
     assert (code, run["generation"]) == (0, newest)
     assert [(f["kind"], f["path"], f["severity"]) for f in run["findings"]] == [
         ("generation_future", future, "warning")]
+
+
+@pytest.mark.parametrize(("url", "secret"), [
+    ("sftp://exports:hunter2/Secret@sftp.example.com/outgoing", True), ("s3://AKIA:wJalr/K7MD@bkt/exp", True),
+    ("sftp://u:123@h/x", True), ("sftp://user@host:22/p", False), ("sftp://host:22/dir/a@b", False),
+    ("s3://bucket/path:with@x", False), ("/local/a:b@c", False)])
+def test_secrets_in_urls_are_found_even_with_a_slash(url: str, secret: bool) -> None:
+    from reversib.urls import has_password
+
+    assert has_password(url) is secret
+
+
+def test_manifest_path_must_stay_inside_the_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "reversib.yaml"
+    (tmp_path / "checks").mkdir()
+    cfg.write_text("version: 1\nchecks_dir: checks\n")
+    (tmp_path / "checks" / "a.yaml").write_text(
+        f"version: 1\nid: a\nname: A\nsource: {{url: {tmp_path}}}\nmanifest: {{path: ../x}}\n")
+    assert main(["check-config", "--config", str(cfg)]) == 78
+    assert "manifest.path: manifest.path is inside the export" in capsys.readouterr().err
+
+
+def test_an_error_text_cannot_forge_output_lines() -> None:
+    import io
+
+    from reversib.model import Outcome, RunResult
+    from reversib.output import render_result
+
+    r = RunResult(check_id="c", check_name="c", run_id="r", outcome=Outcome.ERROR, started_at=0.0,
+                  error="InternalError: line1\nPASSED   adhoc everything fine")
+    out = io.StringIO()
+    render_result(r, out)
+    assert "\nPASSED" not in out.getvalue()

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from reversib.units import parse_duration
+from reversib.urls import no_password
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ChecksumMode = Literal["when_supported", "when_required"]
+Url = Annotated[str, AfterValidator(no_password)]  # never user:password@ (shown and recorded)
 
 
 class S3Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    endpoint_url: str | None = Field(None, description="S3 endpoint of an S3-compatible store "
+    endpoint_url: Url | None = Field(None, description="S3 endpoint of an S3-compatible store "
                                                        "(default: AWS_ENDPOINT_URL_S3, else AWS)")
     region: str | None = Field(None, description="signing region (default: AWS_REGION / the profile's, "
                                                  "else us-east-1)")
@@ -40,7 +42,7 @@ class S3Options(BaseModel):
     external_id: str | None = Field(None, description="ExternalId for role_arn")
     role_session_name: str = Field("reversib", min_length=2, max_length=64,
                                    description="session name when assuming role_arn")
-    sts_endpoint_url: str | None = Field(None, description="STS endpoint for role_arn (default: AWS's)")
+    sts_endpoint_url: Url | None = Field(None, description="STS endpoint for role_arn (default: AWS's)")
     verify_tls: bool = Field(True, description="verify the endpoint's TLS certificate")
     ca_bundle: str | None = Field(None, description="PEM file of CA certificates to verify the endpoint with")
     request_checksum_calculation: ChecksumMode | None = Field(

@@ -475,15 +475,46 @@ class Connector:
         self.known_hosts = Path(os.path.expanduser(options.known_hosts))
         self._tofu_lock = threading.Lock()
         self._keys: list[tuple[str, Any]] | None = None
+        self._revoked: set[bytes] = set()  # host keys known_hosts marks @revoked (read with the others)
 
     # -- host keys ---------------------------------------------------------------------------
     def _known(self) -> dict[str, Any]:
+        """The keys known_hosts has for this host, read as OpenSSH reads the file: `@cert-authority` lines are
+        skipped (reversib does not use host certificates), `@revoked` keys are remembered (a server offering
+        one is refused), and a line that cannot be read is skipped with a warning naming it."""
         hk = paramiko.HostKeys()
+        revoked: set[bytes] = set()
         if self.known_hosts.exists():
             try:
-                hk.load(str(self.known_hosts))
-            except (OSError, paramiko.SSHException, ValueError) as exc:
-                raise SourceError(f"{self.place}: cannot read known_hosts {self.known_hosts}: {exc}") from exc
+                text = self.known_hosts.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise SourceError(f"{self.place}: cannot read known_hosts {self.known_hosts}: "
+                                  f"{exc.strerror}") from exc
+            for lineno, raw in enumerate(text.splitlines(), 1):
+                line, marker = raw.strip(), ""
+                if not line or line.startswith("#"):
+                    continue
+                if line.startswith("@"):
+                    marker, _, line = line.partition(" ")
+                    if marker not in ("@revoked", "@cert-authority"):
+                        log.warning("sftp: %s line %d: unknown marker %s: line ignored", self.known_hosts, lineno,
+                                    marker[:40])
+                        continue
+                    if marker == "@cert-authority":
+                        continue
+                try:
+                    entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip(), lineno)
+                except Exception as exc:  # paramiko raises InvalidHostKey, a bare Exception, on a bad key
+                    log.warning("sftp: %s line %d cannot be read (%s): line ignored", self.known_hosts, lineno,
+                                type(exc).__name__)
+                    continue
+                if entry is None:
+                    continue
+                if marker == "@revoked":
+                    revoked.add(entry.key.asbytes())
+                else:
+                    hk._entries.append(entry)  # as HostKeys.load() does, with the lines it cannot read left out
+        self._revoked = revoked
         found = hk.lookup(self.place.host_pattern)
         return dict(found) if found is not None else {}
 
@@ -505,6 +536,9 @@ class Connector:
         key = transport.get_remote_server_key()
         ktype, offered_fp = key.get_name(), fingerprint(key)
         line = f"{self.place.host_pattern} {ktype} {key.get_base64()}"
+        if key.asbytes() in self._revoked:
+            raise SourceError(f"{self.place}: REVOKED HOST KEY: the server offered {ktype} {offered_fp}, which "
+                              f"{self.known_hosts} marks @revoked: refused")
         if ktype in known:
             if known[ktype].asbytes() == key.asbytes():
                 return

@@ -307,3 +307,28 @@ def test_role_is_assumed(tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoin
         assert [e.path for e in src.iter_entries()] == ["SHA256SUMS", "a.txt"]
         creds = src._client()._request_signer._credentials
         assert creds.access_key != KEY_ID and creds.secret_key != SECRET  # the role's, not the base keys
+
+
+def test_a_manifest_location_climbing_out_of_the_export_is_refused_not_missing(
+        tmp_path: Path, s3: Any, bucket: str, endpoint: Endpoint) -> None:
+    """`--manifest s3://bucket/exp/../x`: never opened, and `could not verify` -- not `manifest_missing`
+    (a failure that would accuse the provider)."""
+    upload_export(tmp_path, s3, bucket, "exp/", {"a.txt": b"a\n"})
+    s3.put_object(Bucket=bucket, Key="secret.txt", Body=b"not a manifest\n")
+    cfg = write_check(tmp_path, "climb", {"source": {"url": f"s3://{bucket}/exp", "s3": s3_options(endpoint.url)},
+                                          "manifest": {"location": f"s3://{bucket}/exp/../secret.txt"}})
+    code, doc = verify_json(["--config", str(cfg), "--all"], tmp_path / "h.db")
+    run = doc["runs"][0]
+    assert (code, [f["kind"] for f in run["findings"]]) == (2, ["manifest_invalid"]), run
+    assert "refused" in run["findings"][0]["actual"]
+
+
+def test_an_endpoint_url_with_a_password_is_refused_unseen(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from reversib.cli import main
+
+    cfg = write_check(tmp_path, "ep", {"source": {"url": "s3://bucket/exp",
+                                                  "s3": {"endpoint_url": "http://user:EndpointPassSECRET@127.0.0.1:9"}}})
+    assert main(["check-config", "--config", str(cfg)]) == 78
+    out, err = capsys.readouterr()
+    assert "source.s3.endpoint_url: a password" in err and "EndpointPassSECRET" not in out + err

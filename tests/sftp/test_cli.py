@@ -150,6 +150,25 @@ def test_changed_host_key_is_refused(sshd: Sshd, tmp_path: Path, capsys: pytest.
     assert _fingerprint(sshd.host_key_line) in msg and _fingerprint(other) in msg
 
 
+def test_known_hosts_markers_and_bad_lines_are_read_as_openssh_reads_them(
+        sshd: Sshd, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`@cert-authority` lines and lines that cannot be read are skipped (an enterprise known_hosts has them);
+    a key marked `@revoked` is refused even when also listed plainly."""
+    kh = tmp_path / "known_hosts"
+    good = sshd.known_hosts_line(sshd.port)
+    kh.write_text("@cert-authority *.corp.example ssh-ed25519 AAAAnot-base64\n"
+                  "[127.0.0.1]:1 ssh-ed25519 AAAA!!!garbage\n" + good + "\n")
+    root = make_export(tmp_path / "export", {"a": b"a"})
+    run_tool(["sha256sum"], root, "SHA256SUMS")
+    code, doc = run_sftp_check(tmp_path, sshd.url(root), sshd.options(known_hosts=str(kh)),
+                               manifest={"path": "SHA256SUMS"})
+    assert (code, doc["outcome"]) == (0, "passed"), doc
+    assert "line 2 cannot be read" in capsys.readouterr().err
+    kh.write_text(good + "\n@revoked * " + sshd.host_key_line + "\n")
+    msg = _error_run(sshd, tmp_path / "r", capsys, known_hosts=str(kh))
+    assert "REVOKED HOST KEY" in msg and _fingerprint(sshd.host_key_line) in msg
+
+
 def test_wrong_client_key(sshd: Sshd, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _keygen(tmp_path / "stranger")
     msg = _error_run(sshd, tmp_path, capsys, private_key_file=str(tmp_path / "stranger"))
