@@ -5,8 +5,11 @@ and restore level (scratch database, `pg_restore --no-owner --no-privileges --ex
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import queue
+import re
+import secrets
 import shutil
 import tarfile
 import threading
@@ -360,6 +363,8 @@ def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str
         _space_check(target, server, size)
         if kind == "postgres-plain":
             argv = [find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+            assert stdin is not None
+            stdin = restricted(stdin, argv[0])
         else:
             argv = [find_tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "-d", name]
         if file is not None:
@@ -384,6 +389,38 @@ def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str
         return out
     finally:
         pg_drop(target, name)
+
+
+# psql releases that know `\restrict` (the August 2025 security releases, CVE-2025-8714, and later).
+_RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+
+
+def psql_restricts(psql_path: str) -> tuple[bool, str]:
+    r"""Whether this psql knows `\restrict`, and its version text."""
+    import subprocess
+
+    try:
+        text = subprocess.run([psql_path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"{psql_path} --version failed: {exc}"
+    m = re.search(r"(\d+)(?:\.(\d+))?", text)
+    if m is None:
+        return False, text
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    return (major >= 18 or (major in _RESTRICT_SINCE and minor >= _RESTRICT_SINCE[major])), text
+
+
+def restricted(lines: Iterable[bytes], psql_path: str) -> Iterator[bytes]:
+    r"""The plain dump fed to psql after `\restrict KEY` (a key drawn for this restore, never in the dump):
+    psql then refuses every meta-command (`\!`, `\o |cmd`, `\copy ... program`...) but `\unrestrict KEY`.
+    A backstop behind the scanner: a line the scanner misreads still cannot run anything on this host.
+    The dump's own `\restrict`/`\unrestrict` lines were dropped by `safety.filter_lines`."""
+    ok, version = psql_restricts(psql_path)
+    if not ok:
+        raise unverifiable(f"{version}: this psql does not know \\restrict, which reversib needs to restore a plain "
+                           "dump safely; install a PostgreSQL client from August 2025 or later (13.22, 14.19, "
+                           "15.14, 16.10, 17.6, 18)", "a psql that can be restricted")
+    return itertools.chain([b"\\restrict " + secrets.token_hex(16).encode("ascii") + b"\n"], lines)
 
 
 def _space_check(target: Target, server: PgServer, size: int) -> None:

@@ -31,6 +31,18 @@ _CREATE_TABLE = re.compile(
     r"^CREATE\s+(?:(?:GLOBAL\s+|LOCAL\s+)?(?:TEMP|TEMPORARY|UNLOGGED)\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
     r"((?:\"[^\"]*\"|`[^`]*`|[^\s(\"`]+)(?:\.(?:\"[^\"]*\"|`[^`]*`|[^\s(\"`.]+))?)", re.I)
 _LEAVES = re.compile(r"^(?:CREATE|DROP|ALTER)\s+(?:DATABASE|SCHEMA\s+IF\s+NOT\s+EXISTS\s+`)|^USE\b", re.I)
+_ROLE = re.compile(r"^(?:(?:CREATE|ALTER|DROP|RENAME)\s+(?:ROLE|USER|GROUP)\b|SET\s+PASSWORD\b)", re.I)
+_SCS_OFF = re.compile(r"^SET\s+(?:SESSION\s+|LOCAL\s+)?standard_conforming_strings\s*(?:=|TO)\s*'?(?:off|false|no|0)\b",
+                      re.I)
+_QUOTED_NAME = re.compile(r'"(?:[^"]|"")*"')
+
+
+def _ident(c: str) -> bool:
+    """A character of a name as psql lexes it (bytes >= 0x80 -- read here as Latin-1 -- and `$` included)."""
+    return c.isalnum() or c in "_$" or c >= "\x80"
+
+
+_COMMENTS = {"postgres": re.compile(r"/\*.*?\*/", re.S), "mysql": re.compile(r"/\*(?![!M]).*?\*/", re.S)}
 _DROPPED = re.compile(r"^(?:ALTER\s.*\sOWNER\s+TO\s|GRANT\s|REVOKE\s|SET\s+SESSION\s+AUTHORIZATION\b|"
                       r"ALTER\s+DEFAULT\s+PRIVILEGES\b)", re.I | re.S)
 STMT_KEEP = 4096
@@ -76,6 +88,7 @@ class _Lexer:
         self.quote: str | None = None  # ', ", ` or a $tag$
         self.escapes = dialect == "mysql"  # backslash escapes in the current '...' literal
         self.block = 0  # nested /* */ depth
+        self.parens = 0  # ( ) depth of the statement: psql ends a statement at a `;` outside them only
         self.executable = False  # inside a MySQL /*! ... */ (its content runs)
         self.copy = False  # inside a COPY ... FROM stdin data block
         self.stmt: list[str] = []
@@ -83,6 +96,12 @@ class _Lexer:
         self.stmts_this_group: list[str] = []
         self.delimiter = ";"
         self.result = ScanResult()
+
+    def _code(self, text: str) -> None:
+        """Text outside quotes and comments: counted for parentheses, kept for the statement's checks."""
+        if text:
+            self.parens = max(0, self.parens + text.count("(") - text.count(")"))
+            self._add(text)
 
     def _add(self, text: str) -> None:
         if self.stmt_len < STMT_KEEP:
@@ -99,6 +118,9 @@ class _Lexer:
 
     def line(self, line: str) -> None:
         self.result.lines += 1
+        if "\x00" in line:  # psql ignores the rest of a line after a NUL: it would not read what is scanned here
+            self.refuse("a NUL byte (the client would not read this line as scanned)", line)
+            return
         if self.dialect == "mysql" and self.result.lines == 1 and line.strip() == _MARIADB_SANDBOX:
             return  # mariadb-dump's first line: switches a MariaDB client into its sandbox mode
         if self.copy:
@@ -158,14 +180,16 @@ class _Lexer:
                 continue
             m = self.special.search(line, i)
             if m is None:
-                self._add(line[i:])
+                self._code(line[i:])
                 return
-            self._add(line[i:m.start()])
+            self._code(line[i:m.start()])
             tok = m.group()
             i = m.end()
             if tok.startswith("--") or tok == "#":
+                self._add(" ")  # a comment separates words as a space does
                 return  # a comment to the end of the line
             if tok == "/*":
+                self._add(" ")
                 if self.dialect == "mysql" and line.startswith(("!", "M!"), i):
                     self.executable = True  # /*!40101 ... */ runs: lex its content
                     i += 1 if line[i] == "!" else 2
@@ -178,12 +202,15 @@ class _Lexer:
                 self._meta(line, i - 1)
                 return
             if tok == ";":
+                if self.dialect == "postgres" and self.parens > 0:
+                    self._add(";")  # inside parentheses: psql does not end the statement here
+                    continue
                 self._end_statement(line)
                 continue
             if tok == "$":
                 dm = _DOLLAR.match(line, i - 1)
                 prev = line[i - 2] if i >= 2 else " "
-                if dm and not (prev.isalnum() or prev == "_"):
+                if dm and not _ident(prev):
                     self.quote = dm.group()
                     self._add("$?$")
                     i = dm.end()
@@ -194,7 +221,7 @@ class _Lexer:
             if tok == "'":
                 prev = line[i - 2] if i >= 2 else " "
                 before = line[i - 3] if i >= 3 else " "
-                self.escapes = self.dialect == "mysql" or (prev in "eE" and not (before.isalnum() or before == "_"))
+                self.escapes = self.dialect == "mysql" or (prev in "eE" and not _ident(before))
                 self._add("'?'")
             self.quote = tok
             if tok in ('"', "`"):
@@ -230,14 +257,27 @@ class _Lexer:
 
     def _end_statement(self, line: str) -> None:
         text = " ".join("".join(self.stmt).split())
-        self.stmt, self.stmt_len = [], 0
+        self.stmt, self.stmt_len, self.parens = [], 0, 0
         if not text:
             return
         self.stmts_this_group.append(text)
-        upper = text.upper()
-        if _LEAVES.match(text):
+        # Keywords are matched with the comments between them taken out (`CREATE/**/DATABASE`); MySQL's
+        # `/*! ... */` and MariaDB's `/*M! ... */` are executed by the server: they stay.
+        bare = " ".join(_COMMENTS[self.dialect].sub(" ", text).split())
+        upper = bare.upper()
+        if _LEAVES.match(bare) or (self.dialect == "mysql" and re.match(r"^CREATE\s+SCHEMA\b", upper)):
             self.refuse("a statement that leaves the scratch database", line)
+        elif _ROLE.match(bare):
+            self.refuse("a statement that changes a role or user (the restore's own, for later runs too)", line)
+        elif self.dialect == "postgres" and _SCS_OFF.match(bare):
+            self.refuse("standard_conforming_strings = off (changes how the client reads the lines that follow)",
+                        line)
+        elif self.dialect == "mysql" and re.match(r"^(?:PREPARE|EXECUTE|XA)\b", upper):
+            self.refuse("dynamic SQL or an XA transaction (mysqldump writes neither)", line)
+        elif self.dialect == "mysql" and "NO_BACKSLASH_ESCAPES" in upper:
+            self.refuse("sql_mode NO_BACKSLASH_ESCAPES (changes how the client reads the lines that follow)", line)
         elif upper.startswith("COPY "):
+            upper = _QUOTED_NAME.sub('"?"', upper)  # a quoted name is never a keyword ("FROM STDIN")
             if re.search(r"\bPROGRAM\b", upper):
                 self.refuse("COPY ... PROGRAM (runs a shell command on the server)", line)
             elif re.search(r"\bFROM\s+STDIN\b", upper):
@@ -276,7 +316,11 @@ def filter_lines(lines: Iterable[bytes], dialect: str) -> Iterator[bytes]:
             lx.line(raw.decode("latin-1"))
             yield raw
             continue
-        lx.line(raw.decode("latin-1"))
+        text = raw.decode("latin-1")
+        if dialect == "postgres" and not group and _PG_ALLOWED_META.match(text):
+            lx.result.lines += 1  # pg_dump's own \restrict / \unrestrict: reversib restricts psql itself
+            continue
+        lx.line(text)
         if lx.result.refusal is not None:  # the scan said otherwise: never execute past this
             raise RuntimeError(f"refused at line {lx.result.refusal.line} while restoring")
         group.append(raw)

@@ -267,3 +267,50 @@ def test_live_run_keeps_its_scratch_database(tmp_path: Path, restore_env: str, p
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         history.close()
     assert shutil.which("psql")
+
+
+_HEADER = ("--\n-- PostgreSQL database dump\n--\nSET standard_conforming_strings = on;\nCREATE TABLE t (id int);\n"
+           "INSERT INTO t VALUES (1);\n")
+_FOOTER = "--\n-- PostgreSQL database dump complete\n--\n"
+# Lines the scanner once read otherwise than psql does (a security review's findings): each hides `\!`.
+_DESYNC = {
+    "copy-in-a-quoted-name": "COPY (SELECT 1 AS \"FROM STDIN\") TO STDOUT;\n\\! {cmd}\nSELECT '\n\\.\n' AS x --'\n;\n",
+    "letter-before-dollars": "SELECT 1 AS \u00e9$$;\n\\! {cmd}\nSELECT 1 AS \u00e9$$;\n",
+    "standard-conforming-strings-off": "SET standard_conforming_strings = off;\nSELECT 'x\\' , '\n\\! {cmd}\n"
+                                       "' AS a --'\n;\n",
+    "dollar-before-e-string": "CREATE DOMAIN a$e AS text;\nSELECT a$e'\\';\n\\! {cmd}\nSELECT ' --'\n;\n",
+    "nul-byte": "SELECT 1;\n\x00'\n\\! {cmd}\n\x00'\nSELECT 2;\n",
+    "semicolon-in-parentheses": "SELECT (1;\nCOPY t FROM STDIN;\n\\! {cmd}\n\\.\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_DESYNC))
+def test_a_line_the_scanner_misreads_still_runs_nothing(case: str, tmp_path: Path, restore_env: str,
+                                                        pg_admin: sa.Engine) -> None:
+    """psql is restricted (`\\restrict KEY`, a key the dump cannot know) before it reads the dump: whatever
+    the scanner makes of a line, no meta-command runs on this host; the dump is refused or fails to restore."""
+    marker = tmp_path / "pwned"
+    dump = (_HEADER + _DESYNC[case].format(cmd=f"touch {marker}") + _FOOTER).encode("utf-8")
+    code, doc = run_dumps(tmp_path, {"a.sql": dump},
+                          [{"path": "a.sql", "row_counts": {"t": 1}, "restore": restore_block(restore_env)}])
+    assert not marker.exists()
+    assert code in (1, 2) and set(kinds(doc)) & {"dump_refused", "restore_failed"}, doc
+    assert scratch_dbs(pg_admin) == []
+
+
+@pytest.mark.parametrize("line", ["CREATE/**/DATABASE x;", "ALTER ROLE CURRENT_USER SET work_mem = '77kB';",
+                                  "ALTER ROLE CURRENT_USER PASSWORD 'attacker';"])
+def test_statements_hidden_by_comments_or_aimed_at_the_role_are_refused(line: str, tmp_path: Path,
+                                                                         restore_env: str) -> None:
+    code, doc = run_dumps(tmp_path, {"a.sql": (_HEADER + line + "\n" + _FOOTER).encode()},
+                          [{"path": "a.sql", "restore": restore_block(restore_env)}])
+    assert (code, kinds(doc)) == (1, ["dump_refused"]), doc
+
+
+def test_pg_dumps_own_restrict_lines_still_restore(tmp_path: Path, restore_env: str) -> None:
+    """pg_dump (August 2025 and later) writes `\\restrict KEY` ... `\\unrestrict KEY`: dropped, reversib
+    restricts psql itself, and the dump restores."""
+    dump = ("\\restrict AbC123\n" + _HEADER + _FOOTER + "\\unrestrict AbC123\n").encode()
+    code, doc = run_dumps(tmp_path, {"a.sql": dump},
+                          [{"path": "a.sql", "row_counts": {"t": 1}, "restore": restore_block(restore_env)}])
+    assert (code, kinds(doc)) == (0, ["restored"]), doc
