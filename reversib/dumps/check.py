@@ -121,7 +121,7 @@ def _one(check: CheckConfig, dump: DumpConfig, export: Source, path: str, known_
         else:
             from reversib.dumps import mysql
 
-            structure = postgres.plain_structure(export, path, compression, "mysql")
+            structure = postgres.plain_structure(export, path, compression, "mysql", cancel)
             if not missing_tables(structure.tables, dump.expect_tables):
                 rep = mysql.restore(export, path, compression, dump, target, structure, result.run_id, history,
                                     cancel)
@@ -130,7 +130,7 @@ def _one(check: CheckConfig, dump: DumpConfig, export: Source, path: str, known_
     elif kind.startswith("postgres"):
         structure = postgres.structural(export, path, kind, compression, cancel, files)
     else:
-        structure = postgres.plain_structure(export, path, compression, "mysql")
+        structure = postgres.plain_structure(export, path, compression, "mysql", cancel)
     for note in structure.notes:
         result.findings.append(Finding(note.kind, path, note.expected, note.actual, note.severity, note.detail))
     for t in missing_tables(structure.tables, dump.expect_tables):

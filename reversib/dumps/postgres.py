@@ -59,7 +59,7 @@ def structural(source: Source, path: str, kind: str, compression: str, cancel: C
     if kind == "postgres-custom":
         return _custom(decoded(source, path, compression), cancel)
     if kind == "postgres-plain":
-        return plain_structure(source, path, compression, "postgres")
+        return plain_structure(source, path, compression, "postgres", cancel)
     if kind == "postgres-tar":
         return _tar(source, path, compression, cancel)
     if kind == "postgres-directory":
@@ -145,8 +145,10 @@ def _tool_env() -> dict[str, str]:
     return clean_env({})
 
 
-def plain_structure(source: Source, path: str, compression: str, dialect: str) -> Structure:
-    result = safety.scan(safety.lines_of(decoded(source, path, compression)), dialect)
+def plain_structure(source: Source, path: str, compression: str, dialect: str,
+                    cancel: CancelToken | None = None) -> Structure:
+    lines = safety.lines_of(decoded(source, path, compression))
+    result = safety.scan(lines if cancel is None else _cancellable(lines, cancel), dialect)
     fmt = "postgres-plain" if dialect == "postgres" else "mysql"
     if result.refusal is not None:
         r = result.refusal
@@ -165,6 +167,14 @@ def plain_structure(source: Source, path: str, compression: str, dialect: str) -
                                 actual="none: made without comments, completeness cannot be told from a footer",
                                 severity=Severity.WARNING))
     return st
+
+
+def _cancellable(lines: Iterable[bytes], cancel: CancelToken) -> Iterator[bytes]:
+    """`lines`, stopping (Cancelled) soon after the run is: a scan of millions of lines obeys SIGTERM."""
+    for n, line in enumerate(lines):
+        if not n & 0xFFF:
+            cancel.check()
+        yield line
 
 
 @dataclass

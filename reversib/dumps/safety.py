@@ -93,6 +93,7 @@ class _Lexer:
         self.copy = False  # inside a COPY ... FROM stdin data block
         self.stmt: list[str] = []
         self.stmt_len = 0
+        self.words = False  # the statement text holds more than white space
         self.stmts_this_group: list[str] = []
         self.delimiter = ";"
         self.result = ScanResult()
@@ -104,13 +105,15 @@ class _Lexer:
             self._add(text)
 
     def _add(self, text: str) -> None:
+        if not self.words and text and not text.isspace():
+            self.words = True  # the statement has begun (blank lines alone do not make one pending)
         if self.stmt_len < STMT_KEEP:
             self.stmt.append(text)
             self.stmt_len += len(text)
 
     @property
     def pending(self) -> bool:
-        return bool("".join(self.stmt).strip()) or self.quote is not None or self.block > 0
+        return self.words or self.quote is not None or self.block > 0
 
     def refuse(self, reason: str, line: str) -> None:
         if self.result.refusal is None:
@@ -257,7 +260,7 @@ class _Lexer:
 
     def _end_statement(self, line: str) -> None:
         text = " ".join("".join(self.stmt).split())
-        self.stmt, self.stmt_len, self.parens = [], 0, 0
+        self.stmt, self.stmt_len, self.parens, self.words = [], 0, 0, False
         if not text:
             return
         self.stmts_this_group.append(text)

@@ -93,3 +93,22 @@ def test_filter_drops_ownership_and_privileges_only() -> None:
     lines = [b"CREATE TABLE t (a int);\n", b"ALTER TABLE t OWNER TO someone;\n", b"GRANT ALL ON t TO x;\n",
              b"COPY t (a) FROM stdin;\n", b"GRANT in data\n", b"\\.\n", b"SELECT 1;\n"]
     assert list(filter_lines(lines, "postgres")) == [lines[0], *lines[3:]]
+
+
+def test_a_long_scan_obeys_cancellation_and_blank_lines_stay_cheap(tmp_path: Path) -> None:
+    """A compressed dump of millions of blank lines: the scan stops when the run is cancelled (SIGTERM)."""
+    import gzip
+    import time
+
+    from reversib.dumps.postgres import plain_structure
+    from reversib.sources.base import Cancelled, CancelToken
+    from reversib.sources.local import LocalSource
+
+    (tmp_path / "a.sql.gz").write_bytes(gzip.compress(b"\n" * 3_000_000))
+    t0 = time.monotonic()
+    st = plain_structure(LocalSource(tmp_path), "a.sql.gz", "gzip", "postgres", CancelToken())
+    assert st.notes and time.monotonic() - t0 < 20  # no header: a warning, not a failure
+    token = CancelToken()
+    token.cancel("signal SIGTERM")
+    with pytest.raises(Cancelled):
+        plain_structure(LocalSource(tmp_path), "a.sql.gz", "gzip", "postgres", token)
