@@ -48,10 +48,12 @@ def test_three_daemons_one_killed(tmp_path: Path, pg_database: str) -> None:
     small = {"source": {"url": "../small"}, "manifest": {"path": "SHA256SUMS"}, "schedule": {"every": f"{EVERY:g}s"},
              "fixity": {"parallelism": 1}}
     checks = {f"s{i:02d}": small for i in range(SMALL)}
-    # ~48 kB per shard at 12 kB/s: 4 s per shard, so the kill lands mid-shard.  Hourly: only the slot that
-    # every daemon catches up at start runs during the test.
+    # ~48 kB per shard at 12 kB/s: 4 s per shard, so the kill lands mid-shard.  Hourly, at the minute half an
+    # hour from now: only the slot that every daemon catches up at start runs during the test (an `every: 1h`
+    # slot fell inside the test once in ~30 runs, by the clock, and made two runs of it).
+    minute = (datetime.now(timezone.utc).minute + 30) % 60
     big = {"source": {"url": "../big", "rate_limit": "12kB"}, "manifest": {"path": "SHA256SUMS"},
-           "schedule": {"every": "1h"}, "shards": 3, "fixity": {"parallelism": 1}}
+           "schedule": {"cron": f"{minute} * * * *"}, "shards": 3, "fixity": {"parallelism": 1}}
     checks["big"] = big
     cfg = write_config(tmp_path, checks, {"lease": f"{LEASE:g}s", "max_concurrent_checks": 4,
                                           "catch_up_window": "2h"}, history=pg_database)
