@@ -18,12 +18,24 @@ from reversib.model import Finding, FindingKind, canonical_json
 ROW_RE = re.compile(r"^\s*(>=)?\s*(\d+)\s*$")
 
 
+# Client errors that say nothing of the restored data: the server could not be reached or refused us, or
+# the query ran out of time (psql, mysql/mariadb).  A row count or an assertion they stop is not a finding
+# against the dump: `dump_unverifiable` (could not verify).
+_UNREACHABLE = re.compile(
+    r"could not connect|connection to server|server closed the connection|no pg_hba\.conf entry|"
+    r"password authentication failed|canceling statement due to (?:statement timeout|user request)|"
+    r"\bERROR (?:1044|1045|2002|2003|2005|2006|2013)\b|Access denied|Lost connection|max_(?:statement|execution)_time|"
+    r"timed out|timeout expired", re.I)
+
+
 class QueryError(Exception):
-    """A query on the restored database failed; `missing_table` when the table does not exist."""
+    """A query on the restored database failed; `missing_table` when the table does not exist,
+    `unreachable` when the failure says nothing of the data (connection, access, timeout)."""
 
     def __init__(self, message: str, *, missing_table: bool = False):
         super().__init__(message)
         self.missing_table = missing_table
+        self.unreachable = not missing_table and bool(_UNREACHABLE.search(message))
 
 
 def parse_count(want: int | str) -> tuple[bool, int]:
@@ -57,7 +69,8 @@ def check_expectations(dump: Any, path: str, findings: list[Finding], *, count_r
         try:
             got = count_rows(table)
         except QueryError as exc:
-            kind = FindingKind.TABLE_MISSING if exc.missing_table else FindingKind.ROW_COUNT_MISMATCH
+            kind = (FindingKind.DUMP_UNVERIFIABLE if exc.unreachable else
+                    FindingKind.TABLE_MISSING if exc.missing_table else FindingKind.ROW_COUNT_MISMATCH)
             findings.append(Finding(kind, path, expected=expected, actual=str(exc)[:500]))
             continue
         rows_total += got
@@ -74,8 +87,8 @@ def check_expectations(dump: Any, path: str, findings: list[Finding], *, count_r
         try:
             held, shown = assertion(sql)
         except QueryError as exc:
-            findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",
-                                    actual=f"error: {str(exc)[:500]}"))
+            kind = FindingKind.DUMP_UNVERIFIABLE if exc.unreachable else FindingKind.ASSERTION_FAILED
+            findings.append(Finding(kind, path, expected=f"{label} returns true", actual=f"error: {str(exc)[:500]}"))
             continue
         if not held:
             findings.append(Finding(FindingKind.ASSERTION_FAILED, path, expected=f"{label} returns true",

@@ -112,3 +112,27 @@ def test_a_long_scan_obeys_cancellation_and_blank_lines_stay_cheap(tmp_path: Pat
     token.cancel("signal SIGTERM")
     with pytest.raises(Cancelled):
         plain_structure(LocalSource(tmp_path), "a.sql.gz", "gzip", "postgres", token)
+
+
+@pytest.mark.parametrize(("message", "kind"), [
+    ("ERROR 1045 (28000): Access denied for user 'r'@'127.0.0.1' (using password: NO)", "dump_unverifiable"),
+    ("psql: error: connection to server at \"127.0.0.1\", port 5432 failed: server closed the connection",
+     "dump_unverifiable"),
+    ("ERROR:  canceling statement due to statement timeout", "dump_unverifiable"),
+    ("ERROR:  relation \"t\" does not exist", "table_missing"),
+    ("ERROR:  invalid input syntax for type integer", "row_count_mismatch"),
+])
+def test_a_count_stopped_by_the_connection_is_could_not_verify(message: str, kind: str) -> None:
+    """A row count that failed for a reason that says nothing of the data never accuses the dump."""
+    from types import SimpleNamespace
+
+    from reversib.dumps.expectations import QueryError, check_expectations
+    from reversib.model import Finding
+
+    def count(table: str) -> int:
+        raise QueryError(message, missing_table="does not exist" in message)
+
+    findings: list[Finding] = []
+    check_expectations(SimpleNamespace(row_counts={"t": 1}, assertions=[]), "a.sql", findings, count_rows=count,
+                       assertion=lambda sql: (True, "t"), dialect=None)
+    assert [f.kind.value for f in findings] == [kind]
