@@ -62,6 +62,10 @@ def _positive(text: str) -> int:
     return value
 
 
+# Every command's --help ends with the exit codes.
+_WITH_EXIT_CODES: dict[str, Any] = {"epilog": EXIT_CODES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE",
@@ -73,12 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
     parser = _Parser(prog="reversib", description="Verify a provider's data exports against their manifests.",
-                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     **_WITH_EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"reversib {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("verify-now", parents=[common], help="run checks now and print the verdict",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("verify-now", parents=[common], help="run checks now and print the verdict", **_WITH_EXIT_CODES)
     p.add_argument("checks", nargs="*", metavar="CHECK", help="check ids or names from checks/")
     p.add_argument("--all", action="store_true", help="run every configured check")
     p.add_argument("--source", metavar="URL", help="ad-hoc check: the export (path or URL)")
@@ -99,17 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "default), now whatever restore.every says, or never (structural level only)")
 
     p = sub.add_parser("check-config", parents=[common], help="validate config/ and checks/ (exit 0 or 78)",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **_WITH_EXIT_CODES)
     p.add_argument("--connect", action="store_true", help="also open each source and manifest")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("checks", parents=[common], help="list configured checks with their last outcome",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **_WITH_EXIT_CODES)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("history", parents=[common], help="show the recorded runs of one check; "
                                                          "`history prune --older-than AGE` prunes old runs",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                                             **_WITH_EXIT_CODES)
     p.add_argument("check", metavar="CHECK", help="check id or name (ad-hoc checks: the id printed by --json), "
                                                   "or `prune`")
     p.add_argument("--older-than", metavar="AGE", help="prune: remove the runs finished more than AGE ago (400d), "
@@ -120,16 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("run", parents=[common], help="the daemon: run checks on schedule, serve /metrics and the API",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **_WITH_EXIT_CODES)
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="where to serve HTTP (default: daemon.listen, 127.0.0.1:8637)")
 
-    p = sub.add_parser("audit", help="evidence: verify the tamper-evident history",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("audit", help="evidence: verify the tamper-evident history", **_WITH_EXIT_CODES)
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
     a = asub.add_parser("verify", parents=[common], help="walk every chain of runs; exit 1 naming the first "
-                                                          "record altered, removed or inserted",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                                          "record altered, removed or inserted", **_WITH_EXIT_CODES)
     a.add_argument("--against", metavar="HEADS", help="also check the database against the signed chain heads: "
                                                       "a heads file, or s3://bucket/prefix (heads_s3)")
     a.add_argument("--public-key", metavar="FILE",
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("report", parents=[common], help="reversibility indicators over a period (html, json, md)",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **_WITH_EXIT_CODES)
     p.add_argument("--check", action="append", metavar="NAME", help="only this check (repeatable; default: all)")
     p.add_argument("--since", default="90d", metavar="PERIOD",
                    help="start of the period: a duration back from --until (90d) or a date (2026-01-01)")
@@ -148,11 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", metavar="FILE",
                    help="Ed25519 public key for --verify (default: from evidence.signing_key_file)")
 
-    p = sub.add_parser("manifest", help="manifest tools",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("manifest", help="manifest tools", **_WITH_EXIT_CODES)
     msub = p.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND", parser_class=_Parser)
-    c = msub.add_parser("create", parents=[common], help="write a manifest for a folder",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = msub.add_parser("create", parents=[common], help="write a manifest for a folder", **_WITH_EXIT_CODES)
     c.add_argument("path", metavar="PATH", help="the folder (the export root)")
     c.add_argument("--format", required=True, choices=["sha256sum", "bagit", "json"], help="manifest format")
     c.add_argument("--output", metavar="FILE", help="where to write it (default: inside PATH)")

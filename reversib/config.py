@@ -25,7 +25,7 @@ from reversib.model import Tier
 from reversib.sources.s3_options import S3Options
 from reversib.sources.sftp_options import SftpOptions
 from reversib.units import parse_duration, parse_size
-from reversib.urls import has_password
+from reversib.urls import no_password
 
 CONFIG_VERSION = 1
 ENV_CONFIG = "REVERSIB_CONFIG"
@@ -66,17 +66,7 @@ def _check_tz(value: str) -> str:
     return value
 
 
-def _no_password(value: str) -> str:
-    """A URL never carries a secret: it is shown in output, logs and the history (the value is not echoed)."""
-    if has_password(value):
-        scheme = value.partition("://")[0].lower()
-        raise ValueError(f"a password (or secret key) in a {scheme}:// URL is refused: it would be shown "
-                         "and recorded; give it by the options' *_env / *_file keys (sftp: password_env / "
-                         "password_file; s3: secret_access_key_env / secret_access_key_file)")
-    return value
-
-
-SecretFreeUrl = Annotated[str, BeforeValidator(_no_password)]
+SecretFreeUrl = Annotated[str, BeforeValidator(no_password)]
 
 
 class SourceConfig(Strict):

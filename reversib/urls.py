@@ -24,5 +24,6 @@ def no_password(value: str | None) -> str | None:
     if value is not None and has_password(value):
         scheme = value.partition("://")[0].lower()
         raise ValueError(f"a password (or secret key) in a {scheme}:// URL is refused: it would be shown and "
-                         "recorded; give it by the options' *_env / *_file keys")
+                         "recorded; give it by the options' *_env / *_file keys (sftp: password_env / "
+                         "password_file; s3: secret_access_key_env / secret_access_key_file)")
     return value

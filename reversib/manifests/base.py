@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,7 +187,7 @@ def normalized_name(path: str) -> str:
 
 
 def finalize(manifest_format: str, location: str, raw: list[ManifestEntry], findings: list[Finding],
-             **kwargs: Any) -> Manifest:
+             rejected: Iterable[str] = (), **kwargs: Any) -> Manifest:
     """Check paths, sort in canonical order, report duplicates; return the Manifest.
 
     Entries with unsafe paths are dropped (reported as `unsafe_path`); every occurrence of a
@@ -202,7 +203,7 @@ def finalize(manifest_format: str, location: str, raw: list[ManifestEntry], find
             safe.append(entry)
     safe.sort(key=lambda e: e.path)
     unique: list[ManifestEntry] = []
-    untrusted: set[str] = set()
+    untrusted: set[str] = set(rejected)  # entries the parser refused, their path readable
     i = 0
     while i < len(safe):
         j = i + 1

@@ -221,8 +221,6 @@ def parse_json(source: Source, path: str) -> Manifest:
         assert entry_path is not None
         mtime = parse_rfc3339(item["mtime"]) if "mtime" in item else None
         raw.append(ManifestEntry(strip_dot_slash(entry_path), int(item["size"]), dict(item["digests"]), mtime))
-    manifest = finalize("json", path, raw, findings, own_paths={strip_dot_slash(path)},
-                        digest=hashlib.sha256(data).hexdigest(), expect=expect)
-    manifest.untrusted |= bad_paths
-    manifest.unattributed = unattributed
-    return manifest
+    return finalize("json", path, raw, findings, own_paths={strip_dot_slash(path)},
+                        digest=hashlib.sha256(data).hexdigest(), expect=expect,
+                    rejected=bad_paths, unattributed=unattributed)

@@ -309,7 +309,5 @@ def parse_sumfile(source: Source, path: str, *, format_hint: str = "auto") -> Ma
         fmt = kinds.pop()
     else:
         fmt = named or "mixed"
-    manifest = finalize(fmt, path, raw, findings, own_paths={strip_dot_slash(path)}, digest=reader.sha256.hexdigest())
-    manifest.untrusted |= bad_paths
-    manifest.unattributed = unattributed
-    return manifest
+    return finalize(fmt, path, raw, findings, own_paths={strip_dot_slash(path)}, digest=reader.sha256.hexdigest(),
+                    rejected=bad_paths, unattributed=unattributed)
