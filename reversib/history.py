@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 # The Alembic head this code expects; tests assert it equals the migration scripts' head.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BATCH_SIZE = 5000
 _PG_SCHEMA_LOCK = 0x7265766572736962  # "reversib": pg_advisory_xact_lock key for schema upgrades

@@ -17,9 +17,10 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -153,21 +154,44 @@ def heads_document(heads: Mapping[str, Head], now: datetime) -> dict[str, Any]:
             "heads": {c: h.to_dict() for c, h in sorted(heads.items())}}
 
 
-def anchor_heads(path: str | Path, heads: Mapping[str, Head], key: Ed25519PrivateKey, now: datetime) -> dict[str, Any]:
+class AnchorRefused(Exception):
+    """The database's chain no longer holds a head anchored before: the anchor was not moved past it."""
+
+
+def anchor_heads(path: str | Path, heads: Mapping[str, Head], key: Ed25519PrivateKey, now: datetime,
+                 still_linked: Callable[[Head], bool] | None = None) -> dict[str, Any]:
     """Write the signed heads file, merged under a lock with the heads already there: a check's head
-    is only ever moved forward (a process that read older heads never moves the anchor back)."""
+    is only ever moved forward (a process that read older heads never moves the anchor back), and only
+    along the chain it anchored: when `still_linked` says the database no longer holds the anchored
+    head (newest runs deleted, chain rewritten), that check's anchor stays where it is, so that
+    `audit verify --against` keeps seeing the tampering however many runs follow, and AnchorRefused
+    is raised once the file is written."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    refused: list[str] = []
     with open(target.with_name(target.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged: dict[str, Head] = dict(heads)
         if target.exists():
             previous = verify_file(target, key.public_key())  # never merge with a file we cannot trust
             for check_id, h in previous.get("heads", {}).items():
+                anchored = Head(check_id, int(h["seq"]), str(h["run_id"]), str(h["record_digest"]))
                 mine = merged.get(check_id)
-                if mine is None or mine.seq < int(h["seq"]):
-                    merged[check_id] = Head(check_id, int(h["seq"]), str(h["run_id"]), str(h["record_digest"]))
-        return write_signed(target, heads_document(merged, now), key)
+                if mine is None or mine.seq < anchored.seq:
+                    merged[check_id] = anchored  # never backwards (a writer that read older heads)
+                if mine is not None and mine != anchored and still_linked is not None and not still_linked(anchored):
+                    merged[check_id] = anchored
+                    refused.append(f"{check_id}: the anchored head (link {anchored.seq}, run {anchored.run_id}) "
+                                   "is no longer in the database's chain")
+        elif still_linked is not None and any(h.seq > 1 for h in heads.values()):
+            logging.getLogger("reversib.evidence").warning(
+                "the heads file %s does not exist: anchoring starts from the database's current heads (if it was "
+                "deleted, what it anchored is lost: keep it on write-once storage, or use evidence.heads_s3)", target)
+        written = write_signed(target, heads_document(merged, now), key)
+    if refused:
+        raise AnchorRefused("not moving the signed heads past a changed chain (run `reversib audit verify "
+                            f"--against {target}`): " + "; ".join(refused))
+    return written
 
 
 def load_heads(path: str | Path, key: Ed25519PublicKey) -> dict[str, Head]:
@@ -200,33 +224,35 @@ def attach(history: Any, config: Any) -> bool:
         s3 = from_config(config.heads_s3)
 
     def after_finish(check_id: str) -> None:
-        from reversib.evidence.chain import read_heads
+        from reversib.evidence.chain import read_heads, still_linked
 
+        now = history._now()
         with history.engine.connect() as conn:
             heads = read_heads(conn) if path is not None else read_heads(conn, [check_id])
-        now = history._now()
-        try:
-            if path is not None:
-                anchor_heads(path, heads, key, now)
-        finally:  # one anchor failing (logged by the history) never skips the other
-            if s3 is not None and check_id in heads:
-                s3.write(heads[check_id], key, now)
+            try:
+                if path is not None:
+                    anchor_heads(path, heads, key, now, lambda head: still_linked(conn, head))
+            finally:  # one anchor failing (logged by the history) never skips the other
+                if s3 is not None and check_id in heads:
+                    s3.write(heads[check_id], key, now)
 
     history.after_finish.append(after_finish)
     return True
 
 
-def load_anchored(target: str, key: Ed25519PublicKey, config: Any = None) -> dict[str, Head]:
-    """The signed heads to check the database against: a heads file, or `s3://bucket/prefix` holding
-    head objects (read with `config.heads_s3.s3`'s connection options when configured).  Raises
-    SignatureError (untrusted), OSError (file) or AnchorError (bucket)."""
+
+def load_anchored(target: str, key: Ed25519PublicKey, config: Any = None) -> Mapping[str, Sequence[Head]]:
+    """The signed heads to check the database against, per check: the head of a heads file, or every
+    head object under `s3://bucket/prefix` (each one must still be a link: a chain rewritten and then
+    anchored again is seen at the older objects), read with `config.heads_s3.s3`'s connection options
+    when configured.  Raises SignatureError (untrusted), OSError (file) or AnchorError (bucket)."""
     if not target.startswith("s3://"):
-        return load_heads(target, key)
+        return {c: [h] for c, h in load_heads(target, key).items()}
     from reversib.evidence.anchor_s3 import S3Heads
 
     s3_config = getattr(config, "heads_s3", None)
     heads = S3Heads(target, s3_config.s3 if s3_config is not None else None)
     try:
-        return heads.newest(key)
+        return heads.every(key)
     finally:
         heads.close()

@@ -9,9 +9,10 @@ with an Object Lock retention (`COMPLIANCE` or `GOVERNANCE`, `retention_days`). 
 version cannot be deleted nor overwritten before its retention ends: a DELETE only hides it behind
 a delete marker, so the heads are read back with ListObjectVersions, delete markers ignored.
 
-`reversib audit verify --against s3://BUCKET/PREFIX` reads, for each check, the versions of its
-highest-`seq` head object, verifies each one's signature and byte layout, and returns that head;
-one object that does not verify makes the whole set untrusted (`SignatureError`).
+`reversib audit verify --against s3://BUCKET/PREFIX` reads every version of every head object,
+verifies each one's signature and byte layout, and checks each head against the database: a chain
+rewritten (or cut) and then anchored again by later runs is still seen at the older objects.  One
+object that does not verify makes the whole set untrusted (`SignatureError`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import datetime as dt
 import json
 import urllib.parse
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,6 +33,7 @@ from reversib.history import iso
 HEAD_KIND = "reversib-chain-head"
 SEQ_DIGITS = 20
 MAX_HEAD_BYTES = 1 << 16
+READERS = 8  # head objects read in parallel by `every` (one small GET each)
 
 
 class AnchorError(Exception):
@@ -86,37 +89,35 @@ class S3Heads:
             raise self._fail(f"cannot write the signed head {name} to", exc) from None
         return name
 
-    def newest(self, public_key: Ed25519PublicKey) -> dict[str, Head]:
-        """Per check, the head of its highest-`seq` object (every version of it must verify)."""
+    def every(self, public_key: Ed25519PublicKey) -> dict[str, list[Head]]:
+        """Per check, the heads of all its objects in `seq` order (every version of each must verify;
+        two versions of one object signing different heads make the set untrusted)."""
         client = self._client()
-        newest: dict[str, tuple[int, str, list[str]]] = {}  # check -> (seq, key, version ids)
+        objects: dict[tuple[str, int], tuple[str, list[str]]] = {}  # (check, seq) -> (key, version ids)
         try:
             for page in client.get_paginator("list_object_versions").paginate(Bucket=self.bucket,
                                                                                Prefix=self.prefix):
                 for version in page.get("Versions", []):
                     parsed = self._parse_key(version["Key"])
-                    if parsed is None:
-                        continue
-                    check_id, seq = parsed
-                    have = newest.get(check_id)
-                    if have is None or seq > have[0]:
-                        newest[check_id] = (seq, version["Key"], [version["VersionId"]])
-                    elif seq == have[0]:
-                        have[2].append(version["VersionId"])
+                    if parsed is not None:
+                        objects.setdefault(parsed, (version["Key"], []))[1].append(version["VersionId"])
         except Exception as exc:
             raise self._fail("cannot list the signed heads in", exc) from None
-        heads: dict[str, Head] = {}
-        for check_id, (seq, name, versions) in sorted(newest.items()):
-            for version_id in versions:
-                document = self._verified(client, name, version_id, public_key)
-                head = Head(check_id, int(document["seq"]), str(document["run_id"]), str(document["record_digest"]))
-                if document.get("check_id") != check_id or head.seq != seq:
-                    raise SignatureError(f"{name}: the signed head is for {document.get('check_id')!r} link "
-                                         f"{head.seq}, not the object's name: it was moved")
-                if check_id in heads and heads[check_id] != head:
-                    raise SignatureError(f"{name}: two versions sign different heads for link {seq}")
-                heads[check_id] = head
-        return heads
+        reads = [(check_seq, name, v) for check_seq, (name, versions) in objects.items() for v in versions]
+        with ThreadPoolExecutor(max_workers=READERS) as pool:
+            documents = list(pool.map(lambda r: self._verified(client, r[1], r[2], public_key), reads))
+        heads: dict[tuple[str, int], Head] = {}
+        for ((check_id, seq), name, _), document in zip(reads, documents, strict=True):
+            head = Head(check_id, int(document["seq"]), str(document["run_id"]), str(document["record_digest"]))
+            if document.get("check_id") != check_id or head.seq != seq:
+                raise SignatureError(f"{name}: the signed head is for {document.get('check_id')!r} link "
+                                     f"{head.seq}, not the object's name: it was moved")
+            if heads.setdefault((check_id, seq), head) != head:
+                raise SignatureError(f"{name}: two versions sign different heads for link {seq}")
+        out: dict[str, list[Head]] = {}
+        for (check_id, _), head in sorted(heads.items()):
+            out.setdefault(check_id, []).append(head)
+        return out
 
     def _parse_key(self, name: str) -> tuple[str, int] | None:
         rest = name[len(self.prefix):]

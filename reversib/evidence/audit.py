@@ -15,21 +15,32 @@ Inside the database (docs/evidence.md):
 A chain starting at a checkpoint whose signature verifies is accepted; without the public key the
 checkpoint cannot be verified, which is reported apart (`could_not_verify`): never a pass.
 
-Against signed heads (`--against`): every anchored head must still be a link of the database's
-chain, with the same record digest; otherwise the newest runs were deleted or the chain rewritten.
+Against signed heads (`--against`): every anchored head (the heads file's, or every head object of
+a bucket) must still be a link of the database's chain, with the same record digest; otherwise the
+newest runs were deleted or the chain rewritten.  The first such head is named, with how many later
+ones fail too.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from reversib.evidence.chain import CHAIN_FIELDS, FINDING_FIELDS, Head, content_digest, heads_t, links_t, record_digest
+from reversib.evidence.chain import (
+    CHAIN_FIELDS,
+    CHAIN_FIELDS_BY_VERSION,
+    FINDING_FIELDS,
+    Head,
+    content_digest,
+    heads_t,
+    links_t,
+    record_digest,
+)
 from reversib.evidence.prune import is_checkpoint, verify_checkpoint
 from reversib.history import History, findings_t, runs_t
 from reversib.model import RunState
@@ -79,9 +90,10 @@ class AuditReport:
                 "problems": [p.to_dict() for p in self.problems]}
 
 
-def verify_chains(history: History, against: Mapping[str, Head] | None = None,
+def verify_chains(history: History, against: Mapping[str, Head | Sequence[Head]] | None = None,
                   key: Ed25519PublicKey | None = None) -> AuditReport:
-    """Walk every chain of `history` (every check with a run or a link); `key` verifies checkpoints."""
+    """Walk every chain of `history` (every check with a run or a link); `key` verifies checkpoints;
+    `against` gives per check one anchored head or several (every head object of a bucket)."""
     report = AuditReport()
     with history.engine.connect() as conn:
         runs: dict[str, dict[str, Any]] = {}
@@ -100,16 +112,24 @@ def verify_chains(history: History, against: Mapping[str, Head] | None = None,
         for link in conn.execute(sa.select(links_t).order_by(links_t.c.check_id, links_t.c.seq)).mappings():
             links[link["check_id"]].append(dict(link))
         heads = {h.check_id: h for h in conn.execute(sa.select(heads_t).where(heads_t.c.seq > 0))}
-    contents = {run_id: content_digest(run, findings.get(run_id, [])) for run_id, run in runs.items()}
-    for check_id in sorted(set(by_check) | set(links) | set(heads) | set(against or {})):
+    cache: dict[tuple[str, int], str] = {}
+
+    def contents(run_id: str, version: int) -> str:
+        """The content digest of a run's rows as chain `version` covers them."""
+        if (run_id, version) not in cache:
+            cache[run_id, version] = content_digest(runs[run_id], findings.get(run_id, []), version)
+        return cache[run_id, version]
+
+    anchored = {c: [h] if isinstance(h, Head) else list(h) for c, h in (against or {}).items()}
+    for check_id in sorted(set(by_check) | set(links) | set(heads) | set(anchored)):
         _verify_check(report, check_id, links.get(check_id, []), by_check.get(check_id, []), runs, contents,
-                      heads.get(check_id), (against or {}).get(check_id), key)
+                      heads.get(check_id), anchored.get(check_id, []), key)
     return report
 
 
 def _verify_check(report: AuditReport, check_id: str, links: list[Mapping[str, Any]], run_ids: list[str],
-                  runs: Mapping[str, Mapping[str, Any]], contents: Mapping[str, str], head: Any,
-                  anchored: Head | None, key: Ed25519PublicKey | None = None) -> None:
+                  runs: Mapping[str, Mapping[str, Any]], contents: Callable[[str, int], str], head: Any,
+                  anchored: Sequence[Head] = (), key: Ed25519PublicKey | None = None) -> None:
     problems: list[Problem] = []
 
     def problem(kind: str, seq: int | None, run_id: str | None, message: str) -> None:
@@ -147,21 +167,28 @@ def _verify_check(report: AuditReport, check_id: str, links: list[Mapping[str, A
         elif link["prev_digest"] != prev:
             problem("removed" if prev is not None else "altered", seq, run_id,
                     f"link {seq} (run {run_id}) does not follow link {seq - 1}: a link was removed or replaced")
+        version = int(link["version"])
+        if version not in CHAIN_FIELDS_BY_VERSION:
+            problem("altered", seq, run_id, f"link {seq} (run {run_id}) names chain version {version}, which "
+                    "this reversib does not know: it was altered, or made by a newer reversib")
+            prev, expected_seq = link["record_digest"], seq + 1
+            continue
         swapped = None
-        if run_id in runs and contents[run_id] != link["content_digest"]:
+        if run_id in runs and contents(run_id, version) != link["content_digest"]:
             nxt = links[i + 1] if i + 1 < len(links) else None
             prv = links[i - 1] if i > 0 else None
             swapped = next((o for o in (prv, nxt) if o is not None and o["run_id"] in runs
-                            and contents[o["run_id"]] == link["content_digest"]
-                            and contents[run_id] == o["content_digest"]), None)
+                            and contents(o["run_id"], version) == link["content_digest"]
+                            and contents(run_id, int(o["version"])) == o["content_digest"]), None)
         if swapped is not None:
             problem("reordered", seq, run_id, f"run {run_id} (link {seq}) and run {swapped['run_id']} "
                     f"(link {swapped['seq']}) were swapped: each link now points to the other's run")
-        elif record_digest(check_id, seq, run_id, link["prev_digest"], link["content_digest"]) != link["record_digest"]:
+        elif record_digest(check_id, seq, run_id, link["prev_digest"], link["content_digest"],
+                           version) != link["record_digest"]:
             problem("altered", seq, run_id, f"link {seq} (run {run_id}) was altered: its record digest does not match")
         elif run_id not in runs:
             problem("removed", seq, run_id, f"run {run_id} (link {seq}) was removed from the history")
-        elif contents[run_id] != link["content_digest"]:
+        elif contents(run_id, version) != link["content_digest"]:
             problem("altered", seq, run_id, f"run {run_id} (link {seq}) was altered after it was recorded: "
                     "its fields or findings no longer match the chain")
         prev = link["record_digest"]
@@ -178,16 +205,23 @@ def _verify_check(report: AuditReport, check_id: str, links: list[Mapping[str, A
                 f"{last['seq']}: links were removed or the head was altered")
     elif last is None and head is not None:
         problem("removed", None, head.run_id, f"the head says link {head.seq} but the chain has no links")
-    if anchored is not None:
+    broken = []  # the anchored heads the chain no longer holds
+    for signed in sorted(anchored, key=lambda h: h.seq):
         report.anchored += 1
-        at = by_seq.get(anchored.seq)
-        if anchored.seq < checkpoint:
-            pass  # pruned, covered by the verified checkpoint (it signs link `checkpoint`'s digest)
-        elif at is None or at["record_digest"] != anchored.record_digest:
-            what = ("is gone: the newest runs were deleted" if at is None
-                    else "has another digest: the chain was rewritten")
-            problem("anchor", anchored.seq, anchored.run_id,
-                    f"the signed head (link {anchored.seq}, run {anchored.run_id}) {what}")
+        at = by_seq.get(signed.seq)
+        if signed.seq < checkpoint:
+            continue  # pruned, covered by the verified checkpoint (it signs link `checkpoint`'s digest)
+        if at is None or at["record_digest"] != signed.record_digest:
+            broken.append((signed, at))
+    if broken:
+        signed, at = broken[0]
+        what = ("is gone: the newest runs were deleted" if at is None and signed.seq > (links[-1]["seq"] if links
+                                                                                         else 0)
+                else "is gone: runs were removed from the chain" if at is None
+                else "has another digest: the chain was rewritten")
+        more = f" (and {len(broken) - 1} later signed heads)" if len(broken) > 1 else ""
+        problem("anchor", signed.seq, signed.run_id,
+                f"the signed head (link {signed.seq}, run {signed.run_id}) {what}{more}")
     report.problems.extend(sorted(problems, key=lambda p: (p.seq is None, p.seq or 0)))
     report.checks[check_id] = (None if last is None else
                                Head(check_id, int(last["seq"]), str(last["run_id"]), str(last["record_digest"])))

@@ -25,15 +25,18 @@ from sqlalchemy.engine import Connection
 from reversib.history import Base, UTCDateTime, findings_t, iso, runs_t
 from reversib.model import RunState, canonical_json
 
-CHAIN_VERSION = 1
-# The run fields a link covers (frozen for CHAIN_VERSION 1: a column added later is not covered by
-# old links, and adding it here would need CHAIN_VERSION 2 so that old links stay verifiable).
-CHAIN_FIELDS: tuple[str, ...] = (
+CHAIN_VERSION = 2
+# The run fields a link covers, per chain version.  A version is frozen once released: a column added
+# later is covered from a new version on, and each link records the version it was made with, so that
+# old links stay verifiable.  Version 2 adds the rolling coverage figures and the bytes downloaded.
+CHAIN_FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {1: (
     "id", "check_id", "check_name", "trigger", "scheduled_for", "state", "outcome", "started_at",
     "finished_at", "duration_seconds", "host", "pid", "labels", "source", "manifest", "manifest_digest",
     "generation", "error", "counts", "severities", "tiers", "bytes_verified", "files_verified", "files_listed",
     "bytes_listed", "manifest_entries", "newest_mtime", "summary_digest",
-)
+)}
+CHAIN_FIELDS_BY_VERSION[2] = (*CHAIN_FIELDS_BY_VERSION[1], "coverage", "bytes_downloaded")
+CHAIN_FIELDS: tuple[str, ...] = CHAIN_FIELDS_BY_VERSION[CHAIN_VERSION]  # what the newest version covers
 FINDING_FIELDS: tuple[str, ...] = ("seq", "kind", "severity", "path", "expected", "actual", "detail")
 
 links_t = sa.Table(
@@ -46,6 +49,7 @@ links_t = sa.Table(
     sa.Column("content_digest", sa.String(64), nullable=False),
     sa.Column("record_digest", sa.String(64), nullable=False),
     sa.Column("linked_at", UTCDateTime(), nullable=False),
+    sa.Column("version", sa.SmallInteger(), nullable=False, server_default="1"),  # 0007: the chain version
     sa.UniqueConstraint("run_id", name="uq_chain_links_run"),
 )
 heads_t = sa.Table(
@@ -78,21 +82,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def content_document(run: Mapping[str, Any], findings: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """What a link's content digest covers: the CHAIN_FIELDS of the run row and its findings rows."""
+def content_document(run: Mapping[str, Any], findings: Iterable[Mapping[str, Any]],
+                     version: int = CHAIN_VERSION) -> dict[str, Any]:
+    """What a link's content digest covers: the fields of `version` of the run row, and its findings rows."""
     return {
-        "v": CHAIN_VERSION,
-        "run": {name: _plain(run[name]) for name in CHAIN_FIELDS},
+        "v": version,
+        "run": {name: _plain(run[name]) for name in CHAIN_FIELDS_BY_VERSION[version]},
         "findings": [{name: f[name] for name in FINDING_FIELDS} for f in sorted(findings, key=lambda f: f["seq"])],
     }
 
 
-def content_digest(run: Mapping[str, Any], findings: Iterable[Mapping[str, Any]]) -> str:
-    return _sha256(canonical_json(content_document(run, findings)))
+def content_digest(run: Mapping[str, Any], findings: Iterable[Mapping[str, Any]], version: int = CHAIN_VERSION) -> str:
+    return _sha256(canonical_json(content_document(run, findings, version)))
 
 
-def record_digest(check_id: str, seq: int, run_id: str, prev: str | None, content: str) -> str:
-    return _sha256(canonical_json({"v": CHAIN_VERSION, "check_id": check_id, "seq": seq, "run_id": run_id,
+def record_digest(check_id: str, seq: int, run_id: str, prev: str | None, content: str,
+                  version: int = CHAIN_VERSION) -> str:
+    return _sha256(canonical_json({"v": version, "check_id": check_id, "seq": seq, "run_id": run_id,
                                    "prev": prev, "content": content}))
 
 
@@ -100,9 +106,10 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def read_run(conn: Connection, run_id: str) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None:
+def read_run(conn: Connection, run_id: str,
+             fields: Sequence[str] = CHAIN_FIELDS) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]] | None:
     """The stored run row and its findings rows, typed as SQLAlchemy reads them on every backend."""
-    row = conn.execute(sa.select(*[runs_t.c[n] for n in CHAIN_FIELDS]).where(runs_t.c.id == run_id)).mappings().first()
+    row = conn.execute(sa.select(*[runs_t.c[n] for n in fields]).where(runs_t.c.id == run_id)).mappings().first()
     if row is None:
         return None
     found = conn.execute(sa.select(*[findings_t.c[n] for n in FINDING_FIELDS]).where(findings_t.c.run_id == run_id)
@@ -125,9 +132,10 @@ def _lock_head(conn: Connection, check_id: str) -> Mapping[str, Any] | None:
     return None if found is None else dict(found)
 
 
-def link_run(conn: Connection, run_id: str, now: datetime) -> Head:
-    """Append the completed run `run_id` to its check's chain, inside the caller's write transaction."""
-    stored = read_run(conn, run_id)
+def link_run(conn: Connection, run_id: str, now: datetime, version: int = CHAIN_VERSION) -> Head:
+    """Append the completed run `run_id` to its check's chain, inside the caller's write transaction
+    (`version` 1 only for migration 0003, whose tables predate the later columns)."""
+    stored = read_run(conn, run_id, CHAIN_FIELDS_BY_VERSION[version])
     if stored is None:
         raise LookupError(f"no run {run_id!r}")
     run, findings = stored
@@ -137,10 +145,11 @@ def link_run(conn: Connection, run_id: str, now: datetime) -> Head:
     head = _lock_head(conn, check_id)
     seq = 1 if head is None else int(head["seq"]) + 1
     prev = None if head is None else str(head["record_digest"])
-    content = content_digest(run, findings)
-    record = record_digest(check_id, seq, run_id, prev, content)
-    conn.execute(links_t.insert().values(check_id=check_id, seq=seq, run_id=run_id, prev_digest=prev,
-                                         content_digest=content, record_digest=record, linked_at=now))
+    content = content_digest(run, findings, version)
+    record = record_digest(check_id, seq, run_id, prev, content, version)
+    link = {"check_id": check_id, "seq": seq, "run_id": run_id, "prev_digest": prev, "content_digest": content,
+            "record_digest": record, "linked_at": now}
+    conn.execute(links_t.insert().values(**link, **({"version": version} if version != 1 else {})))
     values = {"seq": seq, "run_id": run_id, "record_digest": record, "updated_at": now}
     if head is None and conn.dialect.name != "postgresql":
         conn.execute(heads_t.insert().values(check_id=check_id, **values))
@@ -149,15 +158,15 @@ def link_run(conn: Connection, run_id: str, now: datetime) -> Head:
     return Head(check_id, seq, run_id, record)
 
 
-def backfill(conn: Connection, now: datetime) -> int:
+def backfill(conn: Connection, now: datetime, version: int = CHAIN_VERSION) -> int:
     """Link every completed run that is not linked yet, per check in order of completion (migration 0003
-    links the runs recorded before the chain existed).  Returns how many were linked."""
+    links the runs recorded before the chain existed, with `version` 1).  Returns how many were linked."""
     linked = sa.select(links_t.c.run_id)
     stmt = (sa.select(runs_t.c.id).where(runs_t.c.state != RunState.RUNNING.value, runs_t.c.id.not_in(linked))
             .order_by(runs_t.c.check_id, runs_t.c.finished_at, runs_t.c.started_at, runs_t.c.id))
     ids = list(conn.execute(stmt).scalars())
     for run_id in ids:
-        link_run(conn, run_id, now)
+        link_run(conn, run_id, now, version)
     return len(ids)
 
 
@@ -166,3 +175,16 @@ def read_heads(conn: Connection, check_ids: Sequence[str] | None = None) -> dict
     if check_ids is not None:
         stmt = stmt.where(heads_t.c.check_id.in_(list(check_ids)))
     return {r.check_id: Head(r.check_id, int(r.seq), r.run_id, r.record_digest) for r in conn.execute(stmt)}
+
+
+def still_linked(conn: Connection, head: Head) -> bool:
+    """Whether the database's chain still holds `head` (an anchored head): its link `seq` has the same
+    record digest, or that link was pruned and a checkpoint now starts the chain after it (the audit
+    verifies the checkpoint's signature)."""
+    found = conn.execute(sa.select(links_t.c.record_digest)
+                         .where(links_t.c.check_id == head.check_id, links_t.c.seq == head.seq)).scalar()
+    if found is not None:
+        return bool(found == head.record_digest)
+    first = conn.execute(sa.select(sa.func.min(links_t.c.seq)).where(links_t.c.check_id == head.check_id)).scalar()
+    return first is not None and int(first) > head.seq
+

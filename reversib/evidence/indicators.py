@@ -5,9 +5,11 @@ Pure functions over plain run records: the report and the metrics compute the sa
 * **Delivery windows** come from `expect.deadline` (not the polling schedule): window D opens at
   day D's deadline (in the check's time zone) and lasts until the next day's.  Its verdict is the
   first *conclusive* run (passed or failed) started inside it: passed -> `on_time`, failed ->
-  `missed` (late or incomplete).  A window with no run at all (reversib was down) or with only
-  could-not-verify runs is `unmeasured`, never counted against the provider; a window still open
-  at the end of the period without a conclusive run is `pending`.
+  `missed` (late or incomplete).  With a dated generation, a run that checked a generation dated
+  after day D (delivered early, before its own deadline) says nothing of window D and is left out.
+  A window with no run at all (reversib was down) or with only could-not-verify runs is
+  `unmeasured`, never counted against the provider; a window still open at the end of the period
+  without a conclusive run is `pending`.
   On-time-and-complete ratio = on_time / (on_time + missed).
 * **Time since the last complete export**: end of period minus the finish of the newest passed run.
 * **Longest gap**: the longest stretch of the period without a passed run (period start and end
@@ -51,6 +53,19 @@ class RunPoint:
     bytes_listed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     restore_seconds: float | None = None  # sum over the dumps restored by the run; None: no restore
+    generation_day: dt.date | None = None  # the date of the dated generation the run checked, if any
+
+
+def generation_day(check: Any, generation: str | None) -> dt.date | None:
+    """The delivery date of the generation a run of `check` (CheckConfig) checked: its folder name read
+    with the check's date template; None without a dated generation."""
+    gen = getattr(check, "generation", None)
+    if gen is None or not gen.is_date or not generation:
+        return None
+    try:
+        return dt.datetime.strptime(generation, gen.pattern).date()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -201,7 +216,9 @@ def delivery_windows(runs: Sequence[RunPoint], deadline: dt.time, tz: ZoneInfo, 
             inside = []
             j = i
             while j < len(ordered) and ordered[j].started_at < end:
-                inside.append(ordered[j])
+                checked = ordered[j].generation_day
+                if checked is None or checked <= day:
+                    inside.append(ordered[j])  # a run of a later, not yet due generation says nothing of D's
                 j += 1
             first = next((r for r in inside if r.outcome in CONCLUSIVE), None)
             if first is not None:
@@ -262,18 +279,21 @@ def recent(history: Any, checks: Sequence[Any], now: dt.datetime, days: int = ME
     import sqlalchemy as sa
 
     from reversib.history import runs_t
+    from reversib.model import RunState
 
     wanted = {c.check_id: c for c in checks if c.expect.deadline_time is not None}
     if not wanted:
         return {}
     since = now - dt.timedelta(days=days)
     r = runs_t.c
-    stmt = (sa.select(r.id, r.check_id, r.outcome, r.started_at, r.finished_at)
-            .where(r.check_id.in_(list(wanted)), r.started_at >= since, r.outcome.is_not(None)))
+    stmt = (sa.select(r.id, r.check_id, r.outcome, r.started_at, r.finished_at, r.generation)
+            .where(r.check_id.in_(list(wanted)), r.started_at >= since, r.outcome.is_not(None),
+                   r.state != RunState.RUNNING.value))  # as the report reads them: the two must agree
     points: dict[str, list[RunPoint]] = {cid: [] for cid in wanted}
     with history.engine.connect() as conn:
         for row in conn.execute(stmt):
             finished = row.finished_at or row.started_at
-            points[row.check_id].append(RunPoint(row.id, row.outcome, row.started_at, finished))
+            points[row.check_id].append(RunPoint(row.id, row.outcome, row.started_at, finished,
+                                                 generation_day=generation_day(wanted[row.check_id], row.generation)))
     return {cid: compute(cid, points[cid], since=since, until=now, deadline=c.expect.deadline_time, tz=c.tz)
             for cid, c in wanted.items()}

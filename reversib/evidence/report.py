@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from reversib import __version__
 from reversib.config import CheckConfig
 from reversib.evidence.chain import read_heads
-from reversib.evidence.indicators import Indicators, RunPoint, compute
+from reversib.evidence.indicators import Indicators, RunPoint, compute, generation_day
 from reversib.history import History, findings_t, iso, runs_t
 from reversib.model import RunState
 
@@ -37,14 +37,15 @@ def build_report(history: History, checks: Sequence[CheckConfig], *, since: dt.d
         points: dict[str, list[RunPoint]] = defaultdict(list)
         names: dict[str, str] = {}
         stmt = (sa.select(r.id, r.check_id, r.check_name, r.outcome, r.started_at, r.finished_at, r.files_listed,
-                          r.bytes_listed, r.counts)
+                          r.bytes_listed, r.counts, r.generation)
                 .where(r.check_id.in_(wanted), r.state != RunState.RUNNING.value,
                        r.started_at >= since, r.started_at <= until)
                 .order_by(r.check_id, r.started_at, r.id))
         for row in conn.execute(stmt):
             names[row.check_id] = row.check_name
-            points[row.check_id].append(RunPoint(row.id, row.outcome, row.started_at, row.finished_at,
-                                                 row.files_listed, row.bytes_listed, row.counts or {}))
+            points[row.check_id].append(RunPoint(
+                row.id, row.outcome, row.started_at, row.finished_at, row.files_listed, row.bytes_listed,
+                row.counts or {}, generation_day=generation_day(configured.get(row.check_id), row.generation)))
         before = dict(conn.execute(
             sa.select(r.check_id, sa.func.max(r.finished_at))
             .where(r.check_id.in_(wanted), r.outcome == "passed", r.started_at < since).group_by(r.check_id)).all())
@@ -81,6 +82,7 @@ def build_report(history: History, checks: Sequence[CheckConfig], *, since: dt.d
         doc["name"] = c.name if c else names.get(check_id, check_id)
         doc["timezone"] = c.timezone if c else "UTC"
         doc["window_strip"] = "".join(_STRIP[w.status] for w in ind.windows)
+        doc["run_strip"] = run_strip(points.get(check_id, []), since, until, c.tz if c else ZoneInfo("UTC"))
         doc["first_window"] = ind.windows[0].day.isoformat() if ind.windows else None
         head = heads.get(check_id)
         doc["chain_head"] = head.to_dict() if head else None
@@ -91,6 +93,21 @@ def build_report(history: History, checks: Sequence[CheckConfig], *, since: dt.d
 
 
 _STRIP = {"on_time": "o", "missed": "m", "unmeasured": "u", "pending": "p"}
+
+
+def run_strip(points: Sequence[RunPoint], since: dt.datetime, until: dt.datetime, tz: ZoneInfo) -> str:
+    """One letter per day of the period (check time zone), from that day's runs: `p` its last conclusive
+    run passed, `f` it failed, `e` only could-not-verify runs, `-` no run (reversib was down, or nothing
+    was due): reversib's own reliability and the gaps, day by day."""
+    first, last = since.astimezone(tz).date(), until.astimezone(tz).date()
+    days: dict[dt.date, str] = {}
+    for p in sorted(points, key=lambda p: (p.started_at, p.run_id)):
+        day = p.started_at.astimezone(tz).date()
+        if p.outcome in ("passed", "failed"):
+            days[day] = p.outcome[0]
+        elif p.outcome == "error" and day not in days:
+            days[day] = "e"
+    return "".join(days.get(first + dt.timedelta(days=i), "-") for i in range((last - first).days + 1))
 
 
 def _restore_seconds(conn: sa.Connection, wanted: Sequence[str], since: dt.datetime,
@@ -244,6 +261,7 @@ code{font-size:12px;word-break:break-all}svg{display:block;margin:4px 0}
 """
 
 COLORS = {"o": "#2e9e5b", "m": "#d64545", "u": "#b8bec8", "p": "#e8ebf0"}
+RUN_COLORS = {"p": "#2e9e5b", "f": "#d64545", "e": "#e0a030", "-": "#e8ebf0"}
 
 
 def _e(text: Any) -> str:
@@ -254,18 +272,18 @@ def _ratio_class(v: float | None) -> str:
     return "" if v is None else "good" if v >= 0.95 else "warn" if v >= 0.8 else "bad"
 
 
-def _strip_svg(strip: str, first_day: str | None) -> str:
+def _strip_svg(strip: str, first_day: str | None, colors: dict[str, str] = COLORS, unit: str = "windows") -> str:
     if not strip:
         return "<p>No delivery windows (the check has no <code>expect.deadline</code>).</p>"
     cell = max(2.0, min(12.0, 1000.0 / len(strip)))
     width = cell * len(strip)
     rects = "".join(f'<rect x="{i * cell:.2f}" y="0" width="{max(cell - 0.6, 1):.2f}" height="22" '
-                    f'fill="{COLORS[s]}"/>' for i, s in enumerate(strip))
+                    f'fill="{colors[s]}"/>' for i, s in enumerate(strip))
     return (f'<svg width="{width:.0f}" height="36" viewBox="0 0 {width:.0f} 36" role="img" '
-            f'aria-label="delivery windows from {_e(first_day)}">{rects}'
+            f'aria-label="{unit} from {_e(first_day)}">{rects}'
             f'<text x="0" y="34" font-size="10" fill="#5b6574">{_e(first_day)}</text>'
             f'<text x="{width:.0f}" y="34" font-size="10" fill="#5b6574" text-anchor="end">'
-            f'{len(strip)} windows</text></svg>')
+            f'{len(strip)} {unit}</text></svg>')
 
 
 def _line_svg(points: list[tuple[float, float, bool]], label: str, fmt: Any) -> str:
@@ -335,6 +353,13 @@ def render_html(doc: dict[str, Any]) -> str:
                    + _e(", ".join(f"{k} {v}" for k, v in c["outcomes"].items())) + "</p>")
         out.append(f"<h3>Delivery windows: {_e(_pct(c['on_time_ratio']))} on time and complete</h3>")
         out.append(_strip_svg(c["window_strip"], c["first_window"]))
+        out.append(f"<h3>Runs by day: could not verify {_e(_pct(c['could_not_verify_ratio']))} of runs "
+                   f"(reversib's own reliability); {_e(_dur(c['since_last_complete_seconds']))} since the last "
+                   "complete export</h3>")
+        out.append(_strip_svg(c["run_strip"], c["since"][:10], RUN_COLORS, "days"))
+        out.append("<p class=\"legend\">" + "".join(
+            f"<span><i class=\"sw\" style=\"background:{RUN_COLORS[k]}\"></i>{_e(n)}</span>"
+            for k, n in (("p", "passed"), ("f", "failed"), ("e", "could not verify"), ("-", "no run"))) + "</p>")
         growth = c["growth"]
         times = [dt.datetime.fromisoformat(g["at"]).timestamp() for g in growth]
         out.append(f"<h3>Export growth ({len([g for g in growth if g['sudden_shrinkage']])} sudden shrinkages)</h3>")

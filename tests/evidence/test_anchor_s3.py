@@ -103,7 +103,7 @@ def test_each_run_writes_a_locked_signed_head_and_audit_reads_them_back(tmp_path
     assert abs((retain - expected).total_seconds()) < 120
     code, out, _ = st.cli("audit", "verify", "--against", st.url)
     assert code == 0, out
-    assert out.strip() == f"OK: 1 chains, 3 links, 1 heads checked against {st.url}"
+    assert out.strip() == f"OK: 1 chains, 3 links, 3 heads checked against {st.url}"  # every head object
 
     # a locked head cannot be deleted: the version delete is refused; a plain delete only hides it
     version = s3.list_object_versions(Bucket=locked_bucket, Prefix=keys[-1])["Versions"][0]["VersionId"]
@@ -147,7 +147,13 @@ def test_a_rewritten_chain_is_detected_against_the_s3_heads(tmp_path: Path, moto
         assert backfill(conn, h._now()) == 4
     assert st.cli("audit", "verify")[0] == 0
     code, out, _ = st.cli("audit", "verify", "--against", st.url)
-    assert code == 1 and "acme: anchor: the signed head (link 4" in out and "the chain was rewritten" in out
+    assert code == 1 and "acme: anchor: the signed head (link 2" in out and "the chain was rewritten" in out
+    # the next runs anchor new heads (links 5, 6) over the rewritten chain: the older objects still tell
+    for _ in range(2):
+        assert st.cli("verify-now", "acme", "--no-progress")[0] == 0
+    code, out, _ = st.cli("audit", "verify", "--against", st.url)
+    assert code == 1 and "acme: anchor: the signed head (link 2" in out and "the chain was rewritten" in out
+    assert "(and 2 later signed heads)" in out and "6 heads checked" in out
 
 
 def test_a_forged_head_object_is_untrusted(tmp_path: Path, moto: Endpoint, s3: Any, locked_bucket: str) -> None:
@@ -179,3 +185,4 @@ def test_unreachable_bucket_is_could_not_verify(tmp_path: Path, moto: Endpoint, 
     assert st.cli("verify-now", "acme", "--no-progress")[0] == 0
     code, _, err = st.cli("audit", "verify", "--against", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
     assert code == 2 and "could not read the chain heads" in err and "NoSuchBucket" in err
+

@@ -150,6 +150,24 @@ def test_altered_link_is_named(ledger: Ledger) -> None:
     assert [(p.kind, p.seq, p.run_id) for p in first] == [("altered", 5, ids[4])]
 
 
+@pytest.mark.parametrize("column,value", [("coverage", {"verified_ratio": 1.0}), ("bytes_downloaded", 10**12)])
+def test_coverage_and_bytes_downloaded_are_covered(ledger: Ledger, column: str, value: object) -> None:
+    """What the report shows of a run (rolling coverage, egress) cannot be edited unseen (chain version 2)."""
+    ids = build(ledger, 3)
+    with ledger.history.engine.begin() as conn:
+        conn.execute(runs_t.update().where(runs_t.c.id == ids[1]).values({column: value}))
+    first = verify_chains(ledger.history).first_problems()
+    assert [(p.kind, p.seq, p.run_id) for p in first] == [("altered", 2, ids[1])]
+
+
+def test_a_link_of_an_unknown_chain_version_is_named(ledger: Ledger) -> None:
+    build(ledger, 3)
+    with ledger.history.engine.begin() as conn:
+        conn.execute(links_t.update().where(links_t.c.seq == 2).values(version=9))
+    first = verify_chains(ledger.history).first_problems()
+    assert [(p.kind, p.seq) for p in first] == [("altered", 2)] and "chain version 9" in first[0].message
+
+
 def _key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "signing.key"
@@ -193,6 +211,56 @@ def test_rewriting_a_whole_chain_is_only_seen_against_the_signed_heads(ledger: L
     report = verify_chains(ledger.history, anchor.load_heads(heads_file, key.public_key()))
     assert [(p.kind, p.seq) for p in report.problems] == [("anchor", 6)]
     assert "rewritten" in report.problems[0].message
+
+
+def _reanchor(ledger: Ledger, heads_file: Path, key: Ed25519PrivateKey) -> None:
+    """What the daemon does after each run (evidence.attach): anchor the database's heads."""
+    from reversib.evidence.chain import still_linked
+
+    with ledger.history.engine.connect() as conn:
+        anchor.anchor_heads(heads_file, read_heads(conn), key, ledger.history._now(),
+                            lambda head: still_linked(conn, head))
+
+
+@pytest.mark.parametrize("tamper", ["delete_newest", "rewrite"])
+def test_tampering_stays_visible_against_the_heads_after_more_runs(ledger: Ledger, tmp_path: Path,
+                                                                    tamper: str) -> None:
+    """The runs after a tampering anchor again: the anchor must not move past the changed chain."""
+    ids = build(ledger)
+    key, heads_file = _anchor(ledger, tmp_path)
+    with ledger.history.engine.begin() as conn:
+        if tamper == "delete_newest":
+            conn.execute(runs_t.delete().where(runs_t.c.id.in_(ids[4:])))
+            conn.execute(links_t.delete().where(links_t.c.seq > 4))
+            link4 = conn.execute(sa.select(links_t).where(links_t.c.seq == 4)).mappings().one()
+            conn.execute(heads_t.update().values(seq=4, run_id=link4["run_id"],
+                                                 record_digest=link4["record_digest"]))
+        else:
+            conn.execute(runs_t.update().where(runs_t.c.id == ids[2]).values(outcome="passed", counts={}))
+            conn.execute(findings_t.delete().where(findings_t.c.run_id == ids[2]))
+            conn.execute(links_t.delete())
+            conn.execute(heads_t.delete())
+            backfill(conn, ledger.history._now())
+    for day in (10, 11, 12):  # later runs, each anchoring as the daemon does; the chain grows past link 6
+        ledger.run(T0 + day * DAY)
+        with pytest.raises(anchor.AnchorRefused, match="acme: the anchored head \\(link 6"):
+            _reanchor(ledger, heads_file, key)
+    assert verify_chains(ledger.history).ok  # still invisible from inside the database
+    heads = anchor.load_heads(heads_file, key.public_key())
+    assert heads["acme"].seq == 6 and heads["acme"].run_id == ids[5]  # the anchor stayed
+    report = verify_chains(ledger.history, heads)
+    assert [(p.kind, p.seq, p.run_id) for p in report.problems] == [("anchor", 6, ids[5])]
+    assert "has another digest: the chain was rewritten" in report.problems[0].message  # link 6 was re-made
+
+
+def test_an_untampered_chain_moves_the_anchor_forward(ledger: Ledger, tmp_path: Path) -> None:
+    build(ledger, 3)
+    key, heads_file = _anchor(ledger, tmp_path)
+    newer = ledger.run(T0 + 5 * DAY)
+    _reanchor(ledger, heads_file, key)
+    heads = anchor.load_heads(heads_file, key.public_key())
+    assert heads["acme"].seq == 4 and heads["acme"].run_id == newer.run_id
+    assert verify_chains(ledger.history, heads).ok
 
 
 def test_heads_file_only_moves_forward_and_is_signed(ledger: Ledger, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The HTML report opened in headless Chromium (Debian's `chromium`): it renders without console
-errors and without network requests, and its screenshot is kept in the test's tmp dir (path printed).
+errors and without network requests; the report and its screenshot are kept as test artifacts in
+`test-artifacts/` at the project root (or `$REVERSIB_TEST_ARTIFACTS`), paths printed.
 
 Console messages come from Chromium's own log (`--enable-logging=stderr`); requests from its network
 log (`--log-net-log`): a request started by the page (its initiator is an origin, unlike Chromium's
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import struct
@@ -132,7 +134,11 @@ def test_html_report_renders_offline_without_errors(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(text, encoding="utf-8")
     console, requests, shot = open_in_chromium(page, tmp_path)
-    print(f"\nHTML report: {page}\nscreenshot: {shot}")
+    artifacts = Path(os.environ.get("REVERSIB_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for kept in (page, shot):
+        shutil.copyfile(kept, artifacts / f"evidence-{kept.name}")
+    print(f"\nHTML report: {artifacts / 'evidence-report.html'}\nscreenshot: {artifacts / 'evidence-report.png'}")
     assert console == []
     assert requests == []
     width, height, colors = png_size_and_colors(shot)

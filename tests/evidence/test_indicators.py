@@ -157,3 +157,49 @@ def test_without_a_deadline_there_are_no_windows() -> None:
     assert ind.on_time_ratio is None and ind.windows == []
     assert ind.summary()["longest_gap_seconds"] == DAYS * DAY
     assert ind.since_last_complete_seconds is None and ind.could_not_verify_ratio is None
+
+
+def test_a_run_of_a_generation_not_yet_due_says_nothing_of_the_open_window() -> None:
+    """Day 4's export is on time but reversib is down all day 4; at 03:00 on day 5, before day 5's deadline,
+    it checks day 5's export while it is still being written and fails.  Window 4 was never measured: it
+    is `unmeasured`, not `missed`.  A run that checked day 4's (or an older) generation still counts."""
+    from zoneinfo import ZoneInfo
+
+    from reversib.evidence.indicators import RunPoint, delivery_windows
+
+    utc = dt.timezone.utc
+    day = dt.date(2026, 1, 4)
+
+    def point(run_id: str, hour: float, outcome: str, gen: dt.date) -> RunPoint:
+        t = dt.datetime(2026, 1, 5, tzinfo=utc) + dt.timedelta(hours=hour)
+        return RunPoint(run_id, outcome, t, t, generation_day=gen)
+
+    since, until = dt.datetime(2026, 1, 4, tzinfo=utc), dt.datetime(2026, 1, 7, tzinfo=utc)
+    early = point("early", 3, "failed", day + dt.timedelta(days=1))
+    [w4, *_] = delivery_windows([early], dt.time(6), ZoneInfo("UTC"), since, until)
+    assert (w4.day, w4.status, w4.run_id) == (day, "unmeasured", None)
+    late = point("late", 4, "failed", day)  # the day-4 export itself, checked before day 5's deadline
+    [w4, *_] = delivery_windows([early, late], dt.time(6), ZoneInfo("UTC"), since, until)
+    assert (w4.day, w4.status, w4.run_id) == (day, "missed", "late")
+
+
+def test_the_generation_day_comes_from_the_check_template() -> None:
+    from reversib.evidence.indicators import generation_day
+
+    dated = make_check(Path("/x"), generation={"pattern": "%Y-%m-%d"}, expect={"deadline": "06:00"})
+    assert generation_day(dated, "2026-01-05") == dt.date(2026, 1, 5)
+    assert generation_day(dated, "not-a-date") is None and generation_day(dated, None) is None
+    assert generation_day(make_check(Path("/x")), "2026-01-05") is None  # no dated generation
+
+
+def test_the_run_strip_shows_each_day(three_months: tuple[History, list[Outcome], str]) -> None:
+    """One letter per day: the late day's 12:00 pass wins over its 07:00 failure; days down are `-`;
+    could-not-verify days are `e` unless a conclusive run followed."""
+    history, _, _ = three_months
+    doc = build_report(history, [make_check(Path("/x"), generation={"pattern": "%Y-%m-%d"},
+                                            expect={"deadline": "06:00"})], since=SINCE, until=UNTIL)
+    strip = doc["checks"][0]["run_strip"]
+    assert len(strip) == DAYS + 1 and strip[-1] == "-"  # the period ends at midnight of day 92
+    assert (strip[5], strip[10], strip[20], strip[30], strip[41]) == ("p", "f", "-", "e", "e")
+    assert strip[70:73] == "---" and strip[90:92] == "ff"
+    assert strip.count("e") == 3 and strip.count("f") == 5

@@ -31,3 +31,37 @@ def test_on_time_ratio_metric(three_months: tuple[History, list[Outcome], str], 
     if promtool is not None:
         proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_metric_and_the_report_agree_even_on_a_forged_running_row(
+        three_months: tuple[History, list[Outcome], str], tmp_path: Path) -> None:
+    """The metric reads the runs as the report does: a row left (or forged) `running` with an outcome counts
+    for neither, and the two give the same ratio for the same 30 days."""
+    import datetime as dt
+    import uuid
+
+    import sqlalchemy as sa
+
+    from reversib.evidence.indicators import recent
+    from reversib.evidence.report import build_report
+    from reversib.history import runs_t
+
+    source, _, check_id = three_months
+    import sqlite3
+
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(str(source.engine.url.database)) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)  # WAL included
+    until = dt.datetime.fromtimestamp(T0 + DAYS * DAY, dt.timezone.utc)
+    dated = make_check(tmp_path, generation={"pattern": "%Y-%m-%d"}, expect={"deadline": "06:00"})
+    with History.open(f"sqlite:///{copy}") as history:
+        with history.engine.begin() as conn:  # day 90 was missed: a row claims a pass, state still running
+            row = dict(conn.execute(sa.select(runs_t).where(runs_t.c.outcome == "failed")
+                                    .order_by(runs_t.c.started_at.desc())).mappings().first() or {})
+            row.update(id=uuid.uuid4().hex, outcome="passed", state="running",
+                       started_at=row["started_at"] - dt.timedelta(minutes=1))
+            conn.execute(runs_t.insert().values(**row))
+        metric = recent(history, [dated], until)[check_id].on_time_ratio
+        doc = build_report(history, [dated], since=until - dt.timedelta(days=30), until=until)
+    assert metric == 25 / 27
+    assert doc["checks"][0]["on_time_ratio"] == round(metric, 6)

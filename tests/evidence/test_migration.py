@@ -1,4 +1,5 @@
-"""Migration 0003 chains the runs recorded before it, per check in order of completion."""
+"""Migration 0003 chains the runs recorded before it, per check in order of completion (chain version 1);
+migration 0007 keeps those links verifiable while new links are made with version 2."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from reversib.evidence.audit import verify_chains
-from reversib.evidence.chain import links_t
+from reversib.evidence.chain import link_run, links_t
 from reversib.history import History, alembic_config, create_history_engine, runs_t
 
 
@@ -60,3 +61,18 @@ def test_upgrade_from_0002_links_existing_runs(url: str) -> None:
         report = verify_chains(history)
         assert report.ok, report.problems
         assert report.links == 12
+        with history.engine.begin() as conn:  # old links stay version 1; a new run is linked with version 2
+            assert set(conn.execute(sa.select(links_t.c.version)).scalars()) == {1}
+            new = {**rows[0], "id": uuid.uuid4().hex, "started_at": t0 + timedelta(days=20),
+                   "finished_at": t0 + timedelta(days=20, seconds=5), "coverage": {"ratio": 0.5},
+                   "bytes_downloaded": 7}
+            conn.execute(runs_t.insert().values(**new))
+            assert link_run(conn, new["id"], t0 + timedelta(days=20)).seq == 7
+            assert conn.execute(sa.select(links_t.c.version).where(links_t.c.run_id == new["id"])).scalar() == 2
+        assert verify_chains(history).ok
+        with history.engine.begin() as conn:  # version 1 never covered `coverage`: the old run's edit is not seen
+            conn.execute(runs_t.update().where(runs_t.c.id == ids["a"][0]).values(coverage={"ratio": 1.0}))
+        assert verify_chains(history).ok
+        with history.engine.begin() as conn:  # version 2 does
+            conn.execute(runs_t.update().where(runs_t.c.id == new["id"]).values(coverage={"ratio": 1.0}))
+        assert [(p.kind, p.seq) for p in verify_chains(history).problems] == [("altered", 7)]

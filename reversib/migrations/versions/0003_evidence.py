@@ -50,7 +50,7 @@ def upgrade() -> None:
     )
     from reversib.evidence.chain import backfill
 
-    backfill(op.get_bind(), datetime.now(timezone.utc))
+    backfill(op.get_bind(), datetime.now(timezone.utc), version=1)
 
 
 def downgrade() -> None:
