@@ -73,3 +73,37 @@ def test_concurrent_finishers_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("pg_admin")
 def test_concurrent_finishers_on_postgresql(pg_database: str) -> None:
     _assert_one_chain(pg_database, _race(pg_database))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_real_daemon_and_cli_runs_leave_one_chain(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """The real thing: `reversib run` polling a check every second while `reversib verify-now` of the
+    same check runs again and again beside it; every completed run is linked once, in one chain."""
+    import subprocess
+
+    from tests.daemon.helpers import REVERSIB, DaemonProcess, free_port, small_export, write_config
+
+    history_url = ("sqlite:///history.db" if backend == "sqlite" else str(request.getfixturevalue("pg_database")))
+    small_export(tmp_path / "export")
+    cfg = write_config(tmp_path, {"shared": {"source": {"url": str(tmp_path / "export")},
+                                             "manifest": {"path": "SHA256SUMS"}, "schedule": {"every": "1s"}}},
+                       history=history_url)
+    daemon = DaemonProcess(cfg, free_port())
+    try:
+        daemon.wait_ready()
+        codes = [subprocess.run([REVERSIB, "verify-now", "shared", "--config", str(cfg), "--no-progress"],
+                                cwd=tmp_path, capture_output=True, timeout=60).returncode for _ in range(6)]
+    finally:
+        assert daemon.stop() == 0
+    assert codes == [0] * 6
+    url = history_url if backend == "postgresql" else f"sqlite:///{tmp_path / 'history.db'}"
+    with History(url) as history:
+        with history.engine.connect() as conn:
+            triggers = dict(conn.execute(sa.text("SELECT trigger, count(*) FROM runs WHERE state <> 'running' "
+                                                 "GROUP BY trigger")).all())
+            seqs = list(conn.execute(sa.select(links_t.c.seq).where(links_t.c.check_id == "shared")
+                                     .order_by(links_t.c.seq)).scalars())
+        report = verify_chains(history)
+    assert triggers.get("cli") == 6 and triggers.get("schedule", 0) >= 2, triggers
+    assert seqs == list(range(1, sum(triggers.values()) + 1))
+    assert report.ok, report.problems
