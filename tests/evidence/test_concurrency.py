@@ -76,7 +76,8 @@ def test_concurrent_finishers_on_postgresql(pg_database: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_real_daemon_and_cli_runs_leave_one_chain(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+def test_a_real_daemon_and_cli_runs_leave_one_chain(tmp_path: Path, backend: str,
+                                                    request: pytest.FixtureRequest) -> None:
     """The real thing: `reversib run` polling a check every second while `reversib verify-now` of the
     same check runs again and again beside it; every completed run is linked once, in one chain."""
     import subprocess

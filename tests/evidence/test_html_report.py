@@ -134,7 +134,8 @@ def test_html_report_renders_offline_without_errors(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(text, encoding="utf-8")
     console, requests, shot = open_in_chromium(page, tmp_path)
-    artifacts = Path(os.environ.get("REVERSIB_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
+    artifacts = Path(os.environ.get("REVERSIB_TEST_ARTIFACTS")
+                     or Path(__file__).resolve().parents[2] / "test-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     for kept in (page, shot):
         shutil.copyfile(kept, artifacts / f"evidence-{kept.name}")
