@@ -1,10 +1,11 @@
 """Rolling coverage: which manifest entries a run verifies when the check has a budget (docs/coverage.md).
 
 Completeness (the listing against the manifest, sizes included) always runs in full; only content
-verification (the download, or a digest the source gives) is rationed.  Each run:
+verification (the download, or a digest the source gives) is rationed.  Only downloads -- bytes reversib
+read and hashed itself -- count for coverage and move an entry's coverage clock.  Each run:
 
 1. merges the manifest with the entry states of the history (both in path order: no index of the
-   export is built) and keeps, per entry, the time of its last content verification and its size;
+   export is built) and keeps, per entry, the time of its last download and its size;
 2. orders the entries: *changed* first (the manifest's size or a digest differs from what reversib
    verified last time), then never verified, then least recently verified (ties in random order);
 3. takes entries in that order while they fit in the budget minus its random share (the first one
@@ -20,16 +21,18 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from reversib.config import CoverageConfig
 from reversib.history import storable
 from reversib.manifests.base import ManifestEntry
 
-# Tiers that verify an entry's content in full (a challenge read, a size comparison do not).
-CONTENT_TIERS = frozenset({"downloaded", "stored_checksum", "remote_digest"})
+# Tiers that count for coverage: reversib itself read and hashed every byte of the entry.  A digest the
+# source gives (`stored_checksum`, `remote_digest`: metadata such as an S3 checksum or an ETag), a
+# challenge read (a few blocks) and a size comparison do not.
+CONTENT_TIERS = frozenset({"downloaded"})
 NEVER = -math.inf
 _CHANGED_KEY = -2e18  # sort keys: changed entries, then never verified (-1e18), then by time
 _NEVER_KEY = -1e18
@@ -57,12 +60,24 @@ class Plan:
     selected: dict[str, int]  # manifest path -> index in the manifest's entries
     last: array[float]  # per manifest entry: last content verification (epoch seconds), NEVER when none
     sizes: array[int]  # per manifest entry: bytes (manifest, else history, else the mean of the known)
+    downloaded: bytearray = field(default_factory=bytearray)  # per entry: 1 when its stored state is a download
     changed_files: int = 0
     random_files: int = 0
     selected_bytes: int = 0
 
     def __contains__(self, path: object) -> bool:
         return path in self.selected
+
+    def records(self, verified: Iterable[Any]) -> Iterator[Any]:
+        """This run's verified entries (`verify.Verified`) to store as entry states: all but those verified
+        at a tier that does not count for coverage whose stored state is still a download of the same
+        content -- a stored-checksum comparison must not reset the coverage clock (docs/coverage.md)."""
+        for v in verified:
+            if v.tier.value not in CONTENT_TIERS:
+                i = self.selected.get(v.path)
+                if i is not None and self.downloaded[i]:
+                    continue
+            yield v
 
 
 def _changed(m: ManifestEntry, s: EntryState) -> bool:
@@ -80,6 +95,7 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
     last = array("d", [NEVER]) * n
     sizes = array("q", [-1]) * n
     changed = bytearray(n)
+    downloaded = bytearray(n)
     it = iter(states)
     st = next(it, None)
     for i, m in enumerate(entries):
@@ -92,6 +108,7 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
                 changed[i] = 1
             elif st.tier in CONTENT_TIERS:
                 last[i] = st.verified_at
+                downloaded[i] = 1
             if size is None:
                 size = st.size
         if size is not None:
@@ -113,7 +130,8 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
     order = list(range(n))
     rng.shuffle(order)  # ties (never verified, verified in the same second) in random order
     order.sort(key=lambda i: _CHANGED_KEY if changed[i] else (_NEVER_KEY if last[i] == NEVER else last[i]))
-    result = Plan(period=config.period, budget_bytes=budget_bytes, selected={}, last=last, sizes=sizes)
+    result = Plan(period=config.period, budget_bytes=budget_bytes, selected={}, last=last, sizes=sizes,
+                  downloaded=downloaded)
     used = 0
     for i in order:
         if result.selected and used + sizes[i] > ordered_budget:

@@ -206,6 +206,7 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
 
             result.coverage = measure(plan, report.verified, clock(), not_sampled_files=report.not_sampled_files,
                                       not_sampled_bytes=report.not_sampled_bytes)
+            report.verified = list(plan.records(report.verified))  # a download's state is kept (coverage clock)
         result.findings.extend(report.findings)
         for name in ("tiers", "bytes_verified", "files_verified", "files_listed", "bytes_listed", "newest_mtime"):
             setattr(result, name, getattr(report, name))

@@ -172,3 +172,68 @@ def test_the_evidence_report_shows_the_coverage(tmp_path: Path, export: Path) ->
     assert cov["run_id"] == last.run_id and cov["ratio"] == 1.0 and cov["covered_files"] == N
     assert "Rolling coverage: 100.0% of" in render_markdown(doc)
     assert f"{N} of {N} entries) verified within 7d 0h" in render_html(doc)
+
+
+class _StoredChecksums:
+    """`open_source` for a local export whose 'storage' gives every file's sha256 (as S3 keeps ChecksumSHA256):
+    provider metadata, not bytes reversib read."""
+
+    def __init__(self) -> None:
+        from reversib.sources import open_source
+
+        self._open = open_source
+
+    def __call__(self, url: str, options: object = None, **kw: object) -> object:
+        import hashlib
+
+        from reversib.sources.base import Capabilities, StoredDigests
+        from reversib.sources.local import LocalSource
+
+        class Stored(LocalSource):
+            @property
+            def capabilities(self) -> Capabilities:  # type: ignore[override]
+                return Capabilities(digests_without_download=frozenset({"sha256"}))
+
+            def digests_without_download(self, entry, algorithms):  # type: ignore[no-untyped-def,override]
+                data = (self.root / entry.path).read_bytes()
+                return StoredDigests("stored_checksum", {"sha256": hashlib.sha256(data).hexdigest()}, "test storage")
+
+        return Stored(url, **kw)  # type: ignore[arg-type]
+
+
+def test_stored_checksums_do_not_count_as_coverage(tmp_path: Path, export: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fixity.accept: [stored_checksum]`: the provider's checksums are metadata, not bytes reversib read.  Six
+    runs of 20% once gave a coverage of 1.0 with nothing downloaded."""
+    monkeypatch.setattr("reversib.runner.open_source", _StoredChecksums())
+    cheap = check_config(export, coverage={"period": "7d", "budget_share": 0.2}, fixity={"accept": ["stored_checksum"]})
+    clock = Clock()
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        for day in range(6):
+            clock.now = T0 + day * DAY
+            result = run_check(cheap, history, clock=clock, rng=random.Random(day))
+            assert result.outcome is Outcome.PASSED and "downloaded" not in result.tiers
+            assert result.tiers["stored_checksum"] > 0 and result.coverage is not None
+            assert result.coverage["ratio"] == 0.0 and result.coverage["covered_files"] == 0
+
+
+def test_a_stored_checksum_check_keeps_the_coverage_clock(tmp_path: Path, export: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every entry downloaded at T0; later runs compare stored checksums only: the entries' last download is
+    still T0, so the coverage lapses a period after it and the planner still sees them as due."""
+    clock = Clock()
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        assert run_check(check_config(export), history, clock=clock).tiers == {"downloaded": N}
+        monkeypatch.setattr("reversib.runner.open_source", _StoredChecksums())
+        cheap = check_config(export, coverage={"period": "7d", "budget_share": 0.2},
+                             fixity={"accept": ["stored_checksum"]})
+        clock.now = T0 + DAY
+        result = run_check(cheap, history, clock=clock, rng=random.Random(1))
+        assert result.tiers == {"stored_checksum": result.coverage["selected_files"]}  # type: ignore[index]
+        assert result.coverage is not None and result.coverage["ratio"] == 1.0  # the downloads of T0
+        states = list(history.entry_states("scale"))
+        assert {s.tier for s in states} == {"downloaded"} and {s.verified_at for s in states} == {T0}
+        clock.now = T0 + 8 * DAY
+        result = run_check(cheap, history, clock=clock, rng=random.Random(2))
+        assert result.coverage is not None and result.coverage["ratio"] == 0.0
+        assert result.coverage["oldest_verified_at"] == T0
