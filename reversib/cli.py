@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="K/N", help="run shard K of N of one check (K from 0; `/N`: K from "
                    "JOB_COMPLETION_INDEX), meeting the other shards under --run-id (docs/scale.md)")
     p.add_argument("--run-id", metavar="ID", help="with --shard: the run the shards meet under (32 hex digits, "
-                   "or any text such as a Job's name, from which the id is derived)")
+                   "or any text such as a Job's uid, from which the id is derived; one per run)")
     p.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                    help="with --shard: a shard whose process stopped renewing for this long is taken over (60)")
     p.add_argument("--restore", choices=["due", "now", "never"], default="due",
@@ -270,7 +270,8 @@ def cmd_verify_now(args: argparse.Namespace) -> int:
 
                 try:
                     result = run_sharded(check, history, shard=shard, run_id=sharded_run_id or uuid.uuid4().hex,
-                                         cancel=cancel, lease=args.lease)
+                                         cancel=cancel, lease=args.lease,
+                                         notice=lambda text: print(f"reversib: warning: {text}", file=sys.stderr))
                 except ShardError as exc:
                     raise UsageError(str(exc)) from None
             else:

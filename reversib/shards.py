@@ -49,6 +49,10 @@ class ShardError(ValueError):
     """A bad --shard or --run-id (a usage error)."""
 
 
+class RunFinished(ShardError):
+    """--run-id names a run that is already finished (or interrupted): nothing to verify under it."""
+
+
 ENTRY_WEIGHT = 64 * 1024  # the fixed cost of one entry (open, request, history row), counted as bytes
 
 
@@ -202,9 +206,13 @@ class Activity:
 def run_sharded(check: CheckConfig, history: History, *, shard: tuple[int, int], run_id: str,
                 trigger: Trigger = Trigger.CLI, clock: Callable[[], float] = time.time,
                 cancel: CancelToken | None = None, lease: float = DEFAULT_LEASE,
-                poll: float | None = None) -> RunResult:
+                poll: float | None = None, notice: Callable[[str], None] | None = None) -> RunResult:
     """Run shard `shard` of `run_id` (creating the run if this is its first shard), then any shard left
-    pending or abandoned, and return the merged run once it is complete (merging it if we are last)."""
+    pending or abandoned, and return the merged run once it is complete (merging it if we are last).
+
+    A run already finished is refused (`RunFinished`: nothing would be verified), except for a late process
+    of a run of several shards with the same N (an Indexed Job's pod started after the others finished its
+    shard): its stored verdict is returned and `notice` told that it is a replay."""
     if shard[1] > 1 and (check.coverage is not None or check.challenge is not None):
         raise ShardError(f"check {check.check_id}: coverage and challenge cannot be combined with --shard yet "
                          "(docs/scale.md)")
@@ -226,6 +234,21 @@ def run_sharded(check: CheckConfig, history: History, *, shard: tuple[int, int],
     assert row is not None
     if row.check_id != check.check_id:
         raise ShardError(f"run {run_id} belongs to check {row.check_id}, not {check.check_id}")
+    if row.state != RunState.RUNNING.value:  # never its old verdict as if this process had verified anything
+        when = row.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ") if row.finished_at else "an unknown time"
+        said = (f"run {run_id} was already {row.state} at {when} with outcome {row.outcome or 'none'}: nothing was "
+                "verified now")
+        if n == 1 or row_shards(leases, run_id) != n:
+            raise RunFinished(f"{said}.  Give every run its own --run-id (a Kubernetes Job's metadata.uid, not its "
+                              "name: docs/scale.md)")
+        # A late process of a run of N > 1 shards (a pod of an Indexed Job started after the others took its
+        # shard over and merged the run): the run's stored verdict, said to be a replay.
+        log.warning("%s; its stored verdict is shown (a replay: --run-id of a finished run)", said,
+                    extra={"event": "replay", "check": check.check_id, "run_id": run_id})
+        if notice is not None:
+            notice(f"{said} by this process: the stored verdict of the finished run follows (a replay). If this is "
+                   "a new run, give it its own --run-id (a Kubernetes Job's metadata.uid, not its name)")
+        return result_from_row(row, history.findings(run_id))
     leases.ensure(run_id, n)
     result = _work(check, history, leases, run_id, k, n, clock, cancel, poll, wait=True)
     assert result is not None
