@@ -14,6 +14,7 @@ Lease times come from the history's clock: replicas' clocks must agree to well w
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from reversib.history import EntryRecord, History
 
 MERGE = -1
+SEED = "seed"  # the key of the run's random seed in the merge row's `result` while the run is open
 PENDING, RUNNING, DONE = "pending", "running", "done"
 
 shards_t = sa.Table(
@@ -70,21 +72,35 @@ class Leases:
 
     def ensure(self, run_id: str, shards: int) -> None:
         """Create the rows of a run of `shards` shards (and its merge) unless they exist; refuse another
-        number of shards for the same run."""
+        number of shards for the same run.  The merge row's `result` carries the run's random seed until
+        the merge completes (`seed`): drawn here, by whoever creates the rows."""
         now = self.history._now()
         with self.history._read() as conn:
             found = conn.execute(sa.select(shards_t.c.shards).where(shards_t.c.run_id == run_id).limit(1)).scalar()
         if found is None:  # insert, unless another process does at the same moment
+            seed = secrets.token_hex(16)
             with self.history._write() as conn:
                 insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(shards_t)
                 conn.execute(insert.on_conflict_do_nothing(), [
                     {"run_id": run_id, "shard": k, "shards": shards, "state": PENDING, "owner": None,
-                     "lease_until": None, "attempts": 0, "result": None, "updated_at": now}
+                     "lease_until": None, "attempts": 0, "result": {SEED: seed} if k == MERGE else None,
+                     "updated_at": now}
                     for k in [*range(shards), MERGE]])
                 found = conn.execute(sa.select(shards_t.c.shards).where(shards_t.c.run_id == run_id).limit(1)).scalar()
         if found != shards:
             raise HistoryError(f"run {run_id} has {found} shards, not {shards}: give the same --shard K/N to "
                                "every shard of a run")
+
+    def seed(self, run_id: str) -> str | None:
+        """The run's random seed (drawn by `ensure`), the same for all its shards: what draws the random part
+        of rolling coverage and the challenge reads -- never derived from the run id, which a provider may
+        predict (a scheduled run's id comes from its check id and slot).  None for rows created before it
+        was kept, or once the merge completed."""
+        with self.history._read() as conn:
+            result = conn.execute(sa.select(shards_t.c.result).where(shards_t.c.run_id == run_id,
+                                                                     shards_t.c.shard == MERGE)).scalar()
+        seed = result.get(SEED) if isinstance(result, dict) else None
+        return seed if isinstance(seed, str) and seed else None
 
     def claim(self, run_id: str, shard: int) -> bool:
         """Take `shard` (pending, or running with its lease passed).  The merge only once all shards are done."""

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -352,8 +353,11 @@ def _do_shard(check: CheckConfig, history: History, leases: Leases, run_id: str,
     try:
         with _Renewer(leases, run_id, k, work):
             # One shard: the whole run (coverage, challenge and dumps as in an unsharded run).
+            # The run's seed, drawn by the process that created its rows: every shard draws the same, and no
+            # one can derive it from the run id (a scheduled run's id is sha256 of its check id and slot).
+            seed = leases.seed(run_id) or secrets.token_hex(16)
             report, deferred, interrupt = attempt(check, result, clock, work, None, history,
-                                                  rng=random.Random(run_id), shard=shard if n > 1 else None)
+                                                  rng=random.Random(seed), shard=shard if n > 1 else None)
     finally:
         note("", -1)
         stop.set()

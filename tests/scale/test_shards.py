@@ -316,3 +316,34 @@ def test_shards_that_read_different_manifests_merge_as_an_error(tmp_path: Path) 
         result = _merge(check, history, leases, run_id, time.time, CancelToken())
     assert result.outcome.value == "error" and result.error is not None
     assert "manifest changed while the run's shards ran (2 different manifests" in result.error
+
+
+def test_random_picks_are_not_derived_from_the_run_id(tmp_path: Path) -> None:
+    """A scheduled run's id is sha256(check id, slot): its shards once seeded their random draws with it, so two
+    independent histories picked the same entries, and a provider knowing the check id and the schedule could
+    predict the coverage sample and the challenge blocks.  The seed is drawn when the run's rows are created and
+    read by every shard."""
+    from reversib.shards import run_replicated, slot_run_id
+    from tests.scale.helpers import check_config, make_sized_export
+
+    root = tmp_path / "export"
+    make_sized_export(root, 40)
+    check = check_config(root, coverage={"period": "7d", "budget_share": 0.2})
+    slot = 1_800_000_000.0
+    picked = []
+    for name in ("a", "b"):
+        with History.open(f"sqlite:///{tmp_path / f'{name}.db'}") as history:
+            result = run_replicated(check, history, scheduled_for=slot)
+            assert result is not None and result.run_id == slot_run_id("scale", slot)
+            assert result.outcome.value == "passed"
+            picked.append({s.path for s in history.entry_states("scale")})
+    assert 0 < len(picked[0]) < 40 and 0 < len(picked[1]) < 40
+    assert picked[0] != picked[1]
+
+    with History.open(f"sqlite:///{tmp_path / 'c.db'}") as history:
+        a, b = Leases(history, 10, owner="a"), Leases(history, 10, owner="b")
+        a.ensure("r1", 3)
+        b.ensure("r1", 3)  # a second process joining the run keeps the first one's seed
+        a.ensure("r2", 3)
+        assert a.seed("r1") == b.seed("r1") is not None and len(a.seed("r1") or "") == 32
+        assert a.seed("r2") != a.seed("r1")
