@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+import sqlalchemy as sa
+
 from reversib.config import CheckConfig
 from reversib.history import History, HistoryError, RunNotRunning, RunRow, SlotTaken
 from reversib.leases import DONE, MERGE, RUNNING, Leases
@@ -320,7 +322,8 @@ def _work(check: CheckConfig, history: History, leases: Leases, run_id: str, k: 
         if leases.claim(run_id, MERGE):
             if activity is not None and rows[MERGE]["state"] == RUNNING:
                 activity.add("taken_over")
-            merged = _merge(check, history, leases, run_id, clock, cancel)
+            with _Renewer(leases, run_id, MERGE, CancelToken()):  # a long merge keeps its lease, as shards do
+                merged = _merge(check, history, leases, run_id, clock, cancel)
             if activity is not None:
                 activity.add("merged")
             return merged
@@ -416,9 +419,15 @@ def _merge(check: CheckConfig, history: History, leases: Leases, run_id: str, cl
     result.duration_seconds = max(0.0, result.finished_at - result.started_at)
     try:
         history.finish_run(result)
-    except RunNotRunning:  # merged by a process whose merge lease we took over after it had finished
+    except (RunNotRunning, sa.exc.IntegrityError) as exc:
+        # Merged by another process meanwhile (it took our merge lease over, or we took over its lease after
+        # it had finished): both finished the run at once, and the database kept one (uq_chain_links_run).
         stored = history.get_run(run_id)
         assert stored is not None
+        if stored.state == RunState.RUNNING.value:
+            raise
+        log.warning("run %s was merged by another process meanwhile (%s): its merge is kept, ours discarded",
+                    run_id, type(exc).__name__, extra={"event": "run", "check": check.check_id, "run_id": run_id})
         return result_from_row(stored, history.findings(run_id))
     log.info("sharded run merged", extra={"event": "run", "check": check.check_id, "run_id": run_id,
                                           "outcome": result.outcome.value, "shards": len(parts)})

@@ -347,3 +347,70 @@ def test_random_picks_are_not_derived_from_the_run_id(tmp_path: Path) -> None:
         a.ensure("r2", 3)
         assert a.seed("r1") == b.seed("r1") is not None and len(a.seed("r1") or "") == 32
         assert a.seed("r2") != a.seed("r1")
+
+
+def _one_shard_done(history: History, leases: Leases) -> str:
+    run_id = history.start_run(check_id="scale", check_name="scale", trigger="cli")
+    leases.ensure(run_id, 1)
+    assert leases.claim(run_id, 0) and leases.complete(run_id, 0, {"files_verified": 1})
+    return run_id
+
+
+def test_a_long_merge_keeps_its_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge row's lease was never renewed: a merge outlasting it was claimed by a second process."""
+    import threading
+
+    from reversib import shards
+    from reversib.sources.base import CancelToken
+    from tests.scale.helpers import check_config
+
+    original = shards._merge
+
+    def slow(*args: Any) -> Any:
+        time.sleep(2.0)  # more than three leases
+        return original(*args)
+
+    monkeypatch.setattr(shards, "_merge", slow)
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        a, b = Leases(history, 0.6, owner="a"), Leases(history, 0.6, owner="b")
+        run_id = _one_shard_done(history, a)
+        stolen: list[bool] = []
+        stop = threading.Event()
+
+        def other() -> None:
+            while not stop.wait(0.1):
+                stolen.append(b.claim(run_id, MERGE))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        try:
+            result = shards._work(check_config(tmp_path), history, a, run_id, 0, 1, time.time, CancelToken(), 0.05,
+                                  wait=True)
+        finally:
+            stop.set()
+            thread.join()
+    assert result is not None and result.files_verified == 1
+    assert stolen and not any(stolen)
+
+
+def test_a_merge_that_lost_the_race_is_no_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes finishing the same run at once: the database keeps one (uq_chain_links_run); the other once
+    crashed with the raw IntegrityError instead of returning the stored run."""
+    from reversib import shards
+    from reversib.sources.base import CancelToken
+    from tests.scale.helpers import check_config
+
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        a = Leases(history, 60, owner="a")
+        run_id = _one_shard_done(history, a)
+        assert a.claim(run_id, MERGE)
+        finish = history.finish_run
+
+        def raced(result: Any, *more: Any) -> Any:
+            other = dataclasses.replace(result, files_verified=7)
+            finish(other)  # the other process's merge commits first ...
+            raise sa.exc.IntegrityError("INSERT INTO chain_links ...", {}, Exception("uq_chain_links_run"))
+
+        monkeypatch.setattr(history, "finish_run", raced)
+        result = shards._merge(check_config(tmp_path), history, a, run_id, time.time, CancelToken())
+    assert result.state.value == "finished" and result.files_verified == 7  # ... and is the run's verdict
