@@ -69,6 +69,8 @@ class Partition:
     same manifest computes the same cut (a run whose shards read different manifests is merged as an
     error, `_merge`).  Holds only this shard's paths."""
 
+    exclusive = True  # every entry is one shard's: its size-only record too (verify.Verifier._plan)
+
     def __init__(self, k: int, n: int, entries: Iterable[Any]) -> None:
         self.k, self.n = k, n
         ordered = sorted(entries, key=attrgetter("path"))  # references only: no copy of the manifest

@@ -414,3 +414,20 @@ def test_a_merge_that_lost_the_race_is_no_crash(tmp_path: Path, monkeypatch: pyt
         monkeypatch.setattr(history, "finish_run", raced)
         result = shards._merge(check_config(tmp_path), history, a, run_id, time.time, CancelToken())
     assert result.state.value == "finished" and result.files_verified == 7  # ... and is the run's verdict
+
+
+def test_size_only_entries_are_counted_once_per_sharded_run(tmp_path: Path) -> None:
+    """`fixity.enabled: false`: every shard recorded every entry's size comparison, so three shards reported
+    18 entries verified out of 6."""
+    from reversib.shards import run_sharded
+    from tests.scale.helpers import check_config, make_sized_export
+
+    root = tmp_path / "export"
+    make_sized_export(root, 6)
+    check = check_config(root, fixity={"enabled": False})
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        single = run_check(check, history)
+        merged = run_sharded(check, history, shard=(0, 3), run_id="r" * 32)
+    assert single.files_verified == single.manifest_entries == 6 and single.tiers == {"size_only": 6}
+    assert merged.outcome.value == "passed"
+    assert (merged.files_verified, merged.manifest_entries, merged.tiers) == (6, 6, {"size_only": 6})
