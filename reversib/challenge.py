@@ -4,7 +4,8 @@ When a check has a `challenge:` block, every full download that matches the mani
 sha256 of each `block_size` block of the entry (computed during the same read: `digests.BlockHasher`),
 stored with the entry's state in the history.  Later runs read `challenge.reads` random blocks of
 entries they did not download, and compare: a provider cannot answer that from cached metadata (a
-stored checksum, an ETag) -- it has to hold the bytes.  Such an entry is counted with tier `challenge`;
+stored checksum, an ETag) -- it has to hold the bytes.  Such an entry is counted with tier `challenge`
+(once: an entry also compared with a stored checksum in the same run counts as challenged only);
 a different block is a `digest_mismatch` finding naming the block and its byte range.
 
 Block digests are used only while the manifest still gives the digests the download matched (`of`)
@@ -78,13 +79,19 @@ def challenge(source: Source, manifest: Manifest, report: Any, config: Challenge
             usable.append((m, blocks))
     usable.sort(key=lambda pair: pair[0].path)
     rng.shuffle(usable)
+    chosen = usable[:config.reads]
+    # Entries this run verified already at a weaker tier (a stored checksum...): counted once, as challenged.
+    paths = {m.path for m, _ in chosen}
+    weaker = {v.path: v.tier.value for v in report.verified if v.path in paths}
     buf = bytearray(CHUNK)
-    for m, blocks in usable[:config.reads]:
-        _read_block(source, m, blocks, rng, report, buf)
+    for m, blocks in chosen:
+        _read_block(source, m, blocks, rng, report, buf, weaker.get(m.path))
 
 
 def _read_block(source: Source, m: ManifestEntry, blocks: dict[str, Any], rng: random.Random, report: Any,
-                buf: bytearray) -> None:
+                buf: bytearray, counted: str | None = None) -> None:
+    """One challenge read.  `counted`: the tier the entry was already counted with in this run (its count moves
+    to `challenge`, the stronger tier: an entry is one of `files_verified` once)."""
     size, digests, block_size = int(blocks["n"]), blocks["d"], int(blocks["b"])
     k = rng.randrange(len(digests))
     offset = k * block_size
@@ -105,7 +112,12 @@ def _read_block(source: Source, m: ManifestEntry, blocks: dict[str, Any], rng: r
                                        actual=f"challenge read failed: {exc.strerror or exc}"))
         return
     report.tiers[Tier.CHALLENGE.value] = report.tiers.get(Tier.CHALLENGE.value, 0) + 1
-    report.files_verified += 1
+    if counted is not None and report.tiers.get(counted, 0) > 0:
+        report.tiers[counted] -= 1
+        if not report.tiers[counted]:
+            del report.tiers[counted]
+    else:
+        report.files_verified += 1
     report.bytes_verified += nbytes
     got = h.hexdigest()
     if nbytes != length or got != digests[k]:

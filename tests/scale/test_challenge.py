@@ -112,3 +112,22 @@ def test_the_challenge_block_is_validated(export: Path) -> None:
         check_config(export, challenge={"block_size": "1KiB"})
     with pytest.raises(ValidationError, match="Extra inputs"):
         check_config(export, challenge={"ranges": 3})
+
+
+def test_an_entry_compared_and_challenged_in_one_run_counts_once(tmp_path: Path, export: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `fixity.accept: [stored_checksum]` an entry was counted twice, compared with its stored checksum and
+    challenged ("8 of 4 files", tiers challenge: 4, stored_checksum: 4): now once, at the stronger tier."""
+    from tests.scale.helpers import StoredChecksums
+
+    clock = Clock()
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
+        _warm(history, export, clock)
+        clock.now += DAY
+        monkeypatch.setattr("reversib.runner.open_source", StoredChecksums())
+        check = check_config(export, challenge={"block_size": "64KiB", "reads": 3},
+                             fixity={"accept": ["stored_checksum"]})
+        result = run_check(check, history, clock=clock, rng=random.Random(4))
+    assert result.outcome is Outcome.PASSED, result.findings
+    assert result.tiers == {"stored_checksum": N - 3, "challenge": 3}
+    assert result.files_verified == sum(result.tiers.values()) == N

@@ -14,7 +14,7 @@ from reversib.metrics import HistoryCollector, ScheduledCheck
 from reversib.model import FindingKind, Outcome
 from reversib.runner import run_check
 from tests.helpers import flip_byte
-from tests.scale.helpers import DAY, T0, Clock, check_config, make_sized_export
+from tests.scale.helpers import DAY, T0, Clock, StoredChecksums, check_config, make_sized_export
 
 N = 40
 
@@ -174,38 +174,11 @@ def test_the_evidence_report_shows_the_coverage(tmp_path: Path, export: Path) ->
     assert f"{N} of {N} entries) verified within 7d 0h" in render_html(doc)
 
 
-class _StoredChecksums:
-    """`open_source` for a local export whose 'storage' gives every file's sha256 (as S3 keeps ChecksumSHA256):
-    provider metadata, not bytes reversib read."""
-
-    def __init__(self) -> None:
-        from reversib.sources import open_source
-
-        self._open = open_source
-
-    def __call__(self, url: str, options: object = None, **kw: object) -> object:
-        import hashlib
-
-        from reversib.sources.base import Capabilities, StoredDigests
-        from reversib.sources.local import LocalSource
-
-        class Stored(LocalSource):
-            @property
-            def capabilities(self) -> Capabilities:  # type: ignore[override]
-                return Capabilities(digests_without_download=frozenset({"sha256"}))
-
-            def digests_without_download(self, entry, algorithms):  # type: ignore[no-untyped-def,override]
-                data = (self.root / entry.path).read_bytes()
-                return StoredDigests("stored_checksum", {"sha256": hashlib.sha256(data).hexdigest()}, "test storage")
-
-        return Stored(url, **kw)  # type: ignore[arg-type]
-
-
 def test_stored_checksums_do_not_count_as_coverage(tmp_path: Path, export: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`fixity.accept: [stored_checksum]`: the provider's checksums are metadata, not bytes reversib read.  Six
     runs of 20% once gave a coverage of 1.0 with nothing downloaded."""
-    monkeypatch.setattr("reversib.runner.open_source", _StoredChecksums())
+    monkeypatch.setattr("reversib.runner.open_source", StoredChecksums())
     cheap = check_config(export, coverage={"period": "7d", "budget_share": 0.2}, fixity={"accept": ["stored_checksum"]})
     clock = Clock()
     with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
@@ -224,7 +197,7 @@ def test_a_stored_checksum_check_keeps_the_coverage_clock(tmp_path: Path, export
     clock = Clock()
     with History.open(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as history:
         assert run_check(check_config(export), history, clock=clock).tiers == {"downloaded": N}
-        monkeypatch.setattr("reversib.runner.open_source", _StoredChecksums())
+        monkeypatch.setattr("reversib.runner.open_source", StoredChecksums())
         cheap = check_config(export, coverage={"period": "7d", "budget_share": 0.2},
                              fixity={"accept": ["stored_checksum"]})
         clock.now = T0 + DAY
