@@ -88,8 +88,8 @@ def _changed(m: ManifestEntry, s: EntryState) -> bool:
 
 def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config: CoverageConfig, now: float,
          rng: random.Random | None = None) -> Plan:
-    """Choose the entries to verify in this run.  `entries` in path order (a manifest's), `states` in path
-    order (History.entry_states)."""
+    """Choose the entries to verify in this run.  `entries` in any order (a manifest's: by path), `states` in
+    the history's path order (History.entry_states, by stored path)."""
     rng = rng or random.SystemRandom()
     n = len(entries)
     last = array("d", [NEVER]) * n
@@ -98,8 +98,14 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
     downloaded = bytearray(n)
     it = iter(states)
     st = next(it, None)
-    for i, m in enumerate(entries):
-        key = storable(m.path)
+    # The history orders paths as it stores them (`storable`: a byte that is not UTF-8 written `\xNN`),
+    # the manifest by the paths themselves: the merge walks the manifest in the history's order (a
+    # sorted list of indices; the sort is linear when both orders agree, as for ASCII names).
+    keys = [storable(m.path) for m in entries]  # the same string objects for clean names: references only
+    by_key = sorted(range(n), key=keys.__getitem__)
+    for i in by_key:
+        m = entries[i]
+        key = keys[i]
         while st is not None and st.path < key:
             st = next(it, None)
         size = m.size
@@ -113,6 +119,7 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
                 size = st.size
         if size is not None:
             sizes[i] = size
+    del keys, by_key
     known = [s for s in sizes if s >= 0]
     mean = round(sum(known) / len(known)) if known else 1
     for i in range(n):

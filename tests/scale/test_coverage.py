@@ -210,3 +210,26 @@ def test_a_stored_checksum_check_keeps_the_coverage_clock(tmp_path: Path, export
         result = run_check(cheap, history, clock=clock, rng=random.Random(2))
         assert result.coverage is not None and result.coverage["ratio"] == 0.0
         assert result.coverage["oldest_verified_at"] == T0
+
+
+def test_a_name_that_is_not_utf8_keeps_its_last_download() -> None:
+    """The manifest is in path order, the history in stored-path order (a byte that is not UTF-8 stored `\\xNN`):
+    `a\\udcff` sorts after `a~` in one and before it in the other, and once looked never verified (picked first
+    every run)."""
+    from reversib.config import CoverageConfig
+    from reversib.history import EntryRecord, storable
+    from reversib.manifests.base import ManifestEntry
+
+    odd = b"a\xff".decode("utf-8", "surrogateescape")
+    entries = sorted([ManifestEntry("a~", 10, {"sha256": "11" * 32}), ManifestEntry(odd, 10, {"sha256": "22" * 32}),
+                      ManifestEntry("b", 10, {"sha256": "33" * 32})], key=lambda e: e.path)
+    states = sorted([EntryRecord("a~", 10, {"sha256": "11" * 32}, "downloaded", T0),
+                     EntryRecord(storable(odd), 10, {"sha256": "22" * 32}, "downloaded", T0 + 1)],
+                    key=lambda s: s.path)
+    assert [e.path for e in entries][:2] == ["a~", odd] and [s.path for s in states] == ["a\\xff", "a~"]
+    from reversib.coverage import plan
+
+    p = plan(entries, states, CoverageConfig(period=7 * DAY, budget_bytes=10, random_share=0), T0 + DAY,
+             random.Random(0))
+    assert list(p.last) == [T0, T0 + 1, float("-inf")]
+    assert list(p.selected) == ["b"]  # the never-downloaded one, not the odd name
