@@ -29,6 +29,14 @@ from reversib.sources.base import Entry, EntryType, Source
 
 RATIO_FLOOR = 64 << 20  # the expansion ratio is judged once this much has expanded
 CAPTURE_MAX = 64 << 20  # members kept in memory (manifest candidates): at most this much in all
+HEADER_MAX = 4 << 20  # the header blocks of one tar member (long name, PAX records, sparse map): at most this much
+NAME_MAX = 64 << 10  # a member name or link target longer than this is refused (unsafe_path)
+SHOWN_MAX = 256  # characters of a refused member name kept in its finding
+
+
+def shown(name: str) -> str:
+    """A member name as a finding may store it: a hostile name of megabytes is cut."""
+    return name if len(name) <= SHOWN_MAX else f"{name[:SHOWN_MAX]}... ({len(name)} characters)"
 
 
 @dataclass
@@ -97,6 +105,7 @@ class _Reader:
         self._buf = bytearray(CHUNK)
         self._links: list[tuple[str, str]] = []  # (symlink path, normalized target)
         self.hashed_payload = False  # a member that is no manifest candidate was hashed
+        self.stream_counted = False  # tar: every byte of the stream (headers too) is counted by `consumed`
         self.captured_bytes = 0  # manifest candidates kept in memory, all together at most CAPTURE_MAX
 
     def finding(self, kind: FindingKind, path: str | None, expected: str, actual: str) -> None:
@@ -109,11 +118,22 @@ class _Reader:
                                 "(archive.limits.max_members)", actual="more members"))
 
     def name(self, raw: str) -> str | None:
+        if len(raw) > NAME_MAX:
+            self.finding(FindingKind.UNSAFE_PATH, shown(raw), expected="a member path inside the archive",
+                         actual=f"a member name of {len(raw)} characters (more than {NAME_MAX})")
+            return None
         path, why = clean_name(raw)
         if why is not None:
-            self.finding(FindingKind.UNSAFE_PATH, raw, expected="a member path inside the archive", actual=why)
+            self.finding(FindingKind.UNSAFE_PATH, shown(raw), expected="a member path inside the archive", actual=why)
             return None
         return path or None
+
+    def consumed(self, n: int) -> None:
+        """`n` more bytes of the decompressed stream were read (member data, headers, padding): they count
+        toward max_total_size and max_ratio, so that a bomb made of headers or empty members is stopped too."""
+        self.result.expanded_bytes += n
+        self.check_total(0)
+        self.check_ratio()
 
     def note_name(self, path: str) -> None:
         n = self._seen.get(path, 0) + 1
@@ -169,13 +189,14 @@ class _Reader:
             if keep:
                 kept.append(bytes(chunk))
             n_read += n
-            self.result.expanded_bytes += n
             if self.progress is not None:
                 self.progress(n)
             if n_read > size:
                 break
-            self.check_total(0)
-            self.check_ratio()
+            if not self.stream_counted:
+                self.result.expanded_bytes += n
+                self.check_total(0)
+                self.check_ratio()
         if n_read != size:
             raise _Stop(Finding(FindingKind.ARCHIVE_CORRUPT, path, expected=f"{size} bytes",
                                 actual=f"{n_read} bytes could be read"))
@@ -217,7 +238,7 @@ class _Reader:
     def unsafe_link(self, path: str, target_raw: str, hard: bool) -> None:
         kind = "hard link" if hard else "symlink"
         self.result.entries[path] = Entry(path, None, None, EntryType.SYMLINK,
-                                          problem=f"{kind} to {target_raw!r} leaves the archive")
+                                          problem=f"{kind} to {shown(target_raw)!r} leaves the archive")
 
     def resolve_links(self) -> None:
         entries = self.result.entries
@@ -251,12 +272,17 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
     """One pass over a (decrypted, decompressed) tar stream."""
     r = reader.result
     r.container = "tar"
+    reader.stream_counted = True
+    forward = _Forward(stream, reader.consumed)
     try:
         # "r:" over a forward-only stream rather than tarfile's "r|": member data is read straight from the
         # stream (tarfile's _Stream copies every byte two or three times)
-        tar = tarfile.open(fileobj=_Forward(stream), mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
+        tar = tarfile.open(fileobj=forward, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115
     except LayerError as exc:
         _layer(reader, exc)
+        return r
+    except _Stop as stop:
+        r.findings.append(stop.finding)
         return r
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reader.finding(FindingKind.ARCHIVE_CORRUPT, None, expected="a tar archive", actual=f"not a tar stream: {exc}")
@@ -265,7 +291,9 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
     try:
         while True:
             current = None
+            forward.header_left = HEADER_MAX
             ti = tar.next()
+            forward.header_left = None
             tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header otherwise
             if ti is None:
                 r.complete = True
@@ -277,6 +305,11 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
             if ti.isdir():
                 continue
             reader.note_name(path)
+            if len(ti.linkname) > NAME_MAX:
+                r.entries.pop(path, None)
+                reader.finding(FindingKind.UNSAFE_PATH, path, expected="a link target inside the archive",
+                               actual=f"a link target of {len(ti.linkname)} characters (more than {NAME_MAX})")
+                continue
             if ti.isreg():
                 current = path
                 if ti.sparse is None:
@@ -312,11 +345,20 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
 
 class _Forward:
     """A forward-only file for tarfile's seekable mode: `seek` may only skip ahead (by reading), which is all
-    tarfile does when every member's data is read in order."""
+    tarfile does when every member's data is read in order.  Every byte read is reported to `consumed`;
+    while a member's header is read (`header_left` set), a read beyond HEADER_MAX is refused before it is made
+    (a GNU long name or PAX header of hundreds of megabytes)."""
 
-    def __init__(self, raw: IO[bytes]):
+    def __init__(self, raw: IO[bytes], consumed: Callable[[int], None] | None = None):
         self.raw = raw
         self.pos = 0
+        self.consumed = consumed
+        self.header_left: int | None = HEADER_MAX  # tarfile.open reads the first header
+
+    def _count(self, n: int) -> None:
+        self.pos += n
+        if self.consumed is not None and n:
+            self.consumed(n)
 
     def tell(self) -> int:
         return self.pos
@@ -332,18 +374,27 @@ class _Forward:
             got = len(self.raw.read(min(pos - self.pos, CHUNK)))
             if not got:
                 break  # tarfile's next read reports the end of data
-            self.pos += got
+            self._count(got)
         return self.pos
 
     def read(self, n: int = -1) -> bytes:
+        if self.header_left is not None:
+            if n < 0 or n > self.header_left:
+                raise _Stop(Finding(FindingKind.ARCHIVE_LIMIT, None,
+                                    expected=f"member headers (long name, PAX records, sparse map) of at most "
+                                             f"{HEADER_MAX} bytes",
+                                    actual="a member header of more than that (a header bomb?)"
+                                    if n < 0 else f"a member header of {HEADER_MAX - self.header_left + n} bytes "
+                                                  "or more (a header bomb?)"))
+            self.header_left -= n
         data = self.raw.read(n)
-        self.pos += len(data)
+        self._count(len(data))
         return data
 
     def readinto(self, buf: Any) -> int:
-        n = self.raw.readinto(buf)  # type: ignore[attr-defined]
-        self.pos += n
-        return int(n)
+        n = int(self.raw.readinto(buf) or 0)  # type: ignore[attr-defined]
+        self._count(n)
+        return n
 
 
 class _Member:

@@ -542,3 +542,67 @@ def test_long_names_and_sparse_members_are_read_in_every_tar_format(tmp_path: Pa
     result = run(archive_check(drop, {"path": "l.tar"}), tmp_path)
     assert result.outcome is Outcome.PASSED, result.findings
     assert result.files_verified == len(files) + 2
+
+
+# -- header bombs: bytes of headers count, and a header's size is bounded -------------------------------------
+def _header_bomb(out: Path, kind: str, size: int, copies: int = 1) -> Path:
+    import gzip
+
+    good = {"ok.txt": b"fine\n"}
+    if kind == "pax":  # the members after the headers are listed: only the limit is a finding
+        good.update({f"x{i}": b"" for i in range(copies)})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT if kind == "gnu" else tarfile.PAX_FORMAT) as t:
+        for name, payload in [("SHA256SUMS", _listed(good)), ("ok.txt", b"fine\n")]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(payload)
+            t.addfile(ti, io.BytesIO(payload))
+        for i in range(copies):
+            if kind == "gnu":
+                ti = tarfile.TarInfo(f"{i}" + "a" * size)  # one GNU long-name header of `size` bytes
+            else:
+                ti = tarfile.TarInfo(f"x{i}")
+                ti.pax_headers = {"comment": "a" * size}
+            t.addfile(ti, io.BytesIO(b""))
+    out.write_bytes(gzip.compress(buf.getvalue(), 9))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gnu", "pax"])
+def test_a_huge_tar_header_is_archive_limit_and_its_name_is_not_stored(tmp_path: Path, kind: str) -> None:
+    drop = _drop(tmp_path)
+    _header_bomb(drop / "b.tar.gz", kind, 8 << 20)
+    result = run(archive_check(drop, {"path": "b.tar.gz", "limits": {"max_total_size": "10MiB", "max_ratio": 10}}),
+                 tmp_path)
+    assert kinds(result) == [("archive_limit", "b.tar.gz")]
+    assert all(len(f.path or "") < 1000 and len(f.actual) < 1000 for f in result.findings)
+    assert (tmp_path / "history.db").stat().st_size < 1 << 20
+
+
+def test_a_very_long_member_name_is_unsafe_path_and_cut_in_the_finding(tmp_path: Path) -> None:
+    drop = _drop(tmp_path)
+    _header_bomb(drop / "n.tar.gz", "gnu", 200_000)
+    result = run(archive_check(drop, {"path": "n.tar.gz"}), tmp_path)
+    [finding] = [f for f in result.findings if f.severity.value != "info"]
+    assert finding.kind.value == "unsafe_path" and len(finding.path or "") < 400
+
+
+def test_header_bytes_count_toward_the_ratio_limit(tmp_path: Path) -> None:
+    drop = _drop(tmp_path)
+    _header_bomb(drop / "h.tar.gz", "pax", 3 << 20, copies=30)  # 90 MiB of PAX headers, no member data
+    assert (drop / "h.tar.gz").stat().st_size < 2 << 20
+    result = run(archive_check(drop, {"path": "h.tar.gz", "limits": {"max_ratio": 10}}), tmp_path)
+    assert kinds(result) == [("archive_limit", "h.tar.gz")]
+    [finding] = [f for f in result.findings if f.kind.value == "archive_limit"]
+    assert "max_ratio" in finding.expected
+
+
+def test_the_member_count_limit_applies_to_a_tar(tmp_path: Path) -> None:
+    drop = _drop(tmp_path)
+    good = {f"e{i}.txt": b"" for i in range(20)}
+    _tar_with([_member("SHA256SUMS"), *(_member(n) for n in good)], {**good, "SHA256SUMS": _listed(good)},
+              drop / "m.tar")
+    result = run(archive_check(drop, {"path": "m.tar", "limits": {"max_members": 5}}), tmp_path)
+    assert kinds(result) == [("archive_limit", "m.tar")]
+    (tmp_path / "ok").mkdir()
+    assert run(archive_check(drop, {"path": "m.tar"}), tmp_path / "ok").outcome is Outcome.PASSED
