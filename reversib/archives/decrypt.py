@@ -80,11 +80,21 @@ class Decryption:
 
     # -- start
     def start(self) -> tuple[IO[bytes], IO[bytes]]:
+        """Start the process.  On any failure (a KeyProblem after the GnuPG home was made and the key imported,
+        a process that cannot start), the home and its agent are removed before the error propagates."""
+        try:
+            return self._start()
+        except BaseException:
+            self.kill()
+            self.finish()
+            raise
+
+    def _start(self) -> tuple[IO[bytes], IO[bytes]]:
         tool = shutil.which(self.method)
         if tool is None:
             raise KeyProblem(f"the {self.method} command is not installed (needed to decrypt this archive)")
-        argv = self._age_argv(tool) if self.method == "age" else self._gpg_argv(tool)
         try:
+            argv = self._age_argv(tool) if self.method == "age" else self._gpg_argv(tool)
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          pass_fds=self._fds, env=self._env(), close_fds=True)
         finally:
@@ -180,8 +190,11 @@ class Decryption:
         if self._home is not None:
             gpgconf = shutil.which("gpgconf")
             if gpgconf:
-                subprocess.run([gpgconf, "--homedir", self._home, "--kill", "gpg-agent"], capture_output=True,
-                               env=self._env(), timeout=30, check=False)
+                try:  # the agent (and any keyboxd/dirmngr) holding the imported key
+                    subprocess.run([gpgconf, "--homedir", self._home, "--kill", "all"], capture_output=True,
+                                   env=self._env(), timeout=30, check=False)
+                except (OSError, subprocess.SubprocessError):
+                    pass
             shutil.rmtree(self._home, ignore_errors=True)
             self._home = None
 

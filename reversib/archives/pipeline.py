@@ -169,18 +169,22 @@ class Pipeline:
             q = _ChunkQueue(self._abandoned)
             sink = q
             plain = io.BufferedReader(_QueueReader(q), CHUNK)
-        self._spawn(self._read_file, sink, name="reversib-archive-read")
-        if self.compression == "auto":  # only the plaintext can tell
-            head = _read_head(plain, 512)
-            self.compression = detect.compression_of(head)
-            self.plaintext_zip = self.compression == "none" and detect.is_zip(head)
-            plain = io.BufferedReader(_Prefixed(head, plain), CHUNK)
-        if self.compression == "none":
-            self.stream = plain  # type: ignore[assignment]
-        else:
-            out = _ChunkQueue(self._abandoned)
-            self._spawn(self._decompress, plain, out, name="reversib-archive-decompress")
-            self.stream = io.BufferedReader(_QueueReader(out), CHUNK)  # type: ignore[assignment]
+        try:
+            self._spawn(self._read_file, sink, name="reversib-archive-read")
+            if self.compression == "auto":  # only the plaintext can tell
+                head = _read_head(plain, 512)
+                self.compression = detect.compression_of(head)
+                self.plaintext_zip = self.compression == "none" and detect.is_zip(head)
+                plain = io.BufferedReader(_Prefixed(head, plain), CHUNK)
+            if self.compression == "none":
+                self.stream = plain  # type: ignore[assignment]
+            else:
+                out = _ChunkQueue(self._abandoned)
+                self._spawn(self._decompress, plain, out, name="reversib-archive-decompress")
+                self.stream = io.BufferedReader(_QueueReader(out), CHUNK)  # type: ignore[assignment]
+        except BaseException as exc:  # __exit__ is not called when __enter__ fails: tear down here
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
@@ -266,12 +270,12 @@ class Pipeline:
         """Wait for every layer: the decompressor stops at its next chunk, the decryption process runs to
         its end (output discarded) so its verdict covers the whole file, the file reader finishes its digests."""
         self._abandoned.set()
-        reader, *others = self._threads
-        for t in others:
+        for t in self._threads[1:]:
             t.join()
         if self.decryption is not None:
             self.decryption.finish()
-        reader.join()
+        for t in self._threads[:1]:  # the file reader
+            t.join()
 
     def __exit__(self, *exc: object) -> None:
         if self.decryption is not None and (self.source.cancel.cancelled or exc[0] is not None):

@@ -264,12 +264,16 @@ class _MemberStream(io.RawIOBase):
         self._pipeline = Pipeline(archive.outer, archive.path, decryption=decryption,
                                   compression=archive.compression)
         self._pipeline.__enter__()
-        self._tar = tarfile.open(fileobj=self._pipeline.stream, mode="r|", bufsize=1 << 20)  # noqa: SIM115
-        for ti in self._tar:
-            self._tar.members.clear()
-            if clean_name(ti.name)[0] == name and ti.isreg():
-                self._data = self._tar.extractfile(ti)
-                return
+        try:
+            self._tar = tarfile.open(fileobj=self._pipeline.stream, mode="r|", bufsize=1 << 20)  # noqa: SIM115
+            for ti in self._tar:
+                self._tar.members.clear()
+                if clean_name(ti.name)[0] == name and ti.isreg():
+                    self._data = self._tar.extractfile(ti)
+                    return
+        except BaseException:
+            self.close()  # the decryption process and its GnuPG home go too
+            raise
         self.close()
         raise FileNotFoundError(f"{name}: not found when reading the archive again")
 

@@ -606,3 +606,52 @@ def test_the_member_count_limit_applies_to_a_tar(tmp_path: Path) -> None:
     assert kinds(result) == [("archive_limit", "m.tar")]
     (tmp_path / "ok").mkdir()
     assert run(archive_check(drop, {"path": "m.tar"}), tmp_path / "ok").outcome is Outcome.PASSED
+
+
+# -- the customer's key never stays behind ----------------------------------------------------------------------
+def _gpg_leftovers(tmp: Path) -> list[str]:
+    """GnuPG homes of reversib under `tmp`, and processes (gpg-agent...) started for one."""
+    left = [str(p) for p in tmp.glob("reversib-gpg-*")]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "reversib-gpg-" in text and str(tmp) in text:
+            left.append(text)
+    return left
+
+
+@pytest.mark.parametrize("case", ["passphrase_env_unset", "public_key_only", "passphrase_file_unreadable"])
+def test_every_key_problem_removes_the_gnupg_home_and_its_agent(tmp_path: Path, gpg_keys: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               request: pytest.FixtureRequest, case: str) -> None:
+    import shutil
+    import tempfile
+
+    from tests.archives.conftest import sh
+
+    # where the throwaway home is made: a short path, for gpg-agent's socket in it (at most 107 bytes)
+    scratch = Path(tempfile.mkdtemp(prefix="rvk-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    gpg_encrypt(make_tar(tree, tmp_path / "k.tar.gz", "gz"), gpg_keys, "customer", drop / "k.gpg")
+    decrypt: dict[str, Any] = {"identity_file": str(gpg_keys["customer"]["secret"])}
+    why = {"passphrase_env_unset": "REVERSIB_TEST_NO_SUCH_VAR", "public_key_only": "public key only",
+           "passphrase_file_unreadable": "no-such-passphrase.txt"}[case]
+    if case == "passphrase_env_unset":
+        monkeypatch.delenv("REVERSIB_TEST_NO_SUCH_VAR", raising=False)
+        decrypt["passphrase_env"] = "REVERSIB_TEST_NO_SUCH_VAR"
+    elif case == "public_key_only":
+        pub = tmp_path / "pub.asc"
+        pub.write_bytes(sh("gpg", "--batch", "--armor", "--export", gpg_keys["customer"]["fingerprint"],
+                           env=gpg_keys["env"]))
+        decrypt["identity_file"] = str(pub)
+    else:
+        decrypt["passphrase_file"] = str(tmp_path / "no-such-passphrase.txt")
+    result = run(archive_check(drop, {"path": "k.gpg", "decrypt": decrypt}), tmp_path)
+    assert result.outcome is Outcome.ERROR, result.findings
+    assert why in (result.error or "")
+    assert _gpg_leftovers(scratch) == []
