@@ -96,10 +96,10 @@ def preflight(cfg: ArchiveConfig, export: Source, tz: dt.tzinfo, now: float | No
     d = cfg.decrypt
     method: str = d.method
     if method == "auto":
-        with export.open_range(name, 0, 64) as s:
+        with export.open_range(name, 0, 512) as s:
             from reversib.archives.detect import encryption_of
 
-            method = encryption_of(s.read(64))
+            method = encryption_of(s.read(512))  # a whole tar header: its checksum tells a plain tar
     if method == "none":
         return None
     if shutil.which(method) is None:

@@ -25,21 +25,34 @@ def encryption_of(head: bytes) -> str:
         return "age"
     if head.startswith(PGP_ARMOR):
         return "gpg"
-    if head:
-        tag = _pgp_packet_tag(head[0])
-        # An OpenPGP message to a key starts with a public-key encrypted session key (1); with a
-        # passphrase, with a symmetric-key one (3).  Nothing else reversib reads starts with such a byte.
-        if tag in (1, 3):
-            return "gpg"
+    if is_tar(head):  # a plain tar whose first name starts with a byte such as 0xC3 (É) is no OpenPGP packet
+        return "none"
+    if _pgp_session_key_packet(head):
+        return "gpg"
     return "none"
 
 
-def _pgp_packet_tag(first: int) -> int | None:
-    if not first & 0x80:
-        return None
-    if first & 0x40:  # new format
-        return first & 0x3F
-    return (first >> 2) & 0x0F  # old format
+# Versions of the session-key packet a message starts with: a public-key encrypted one (tag 1: v3, or v6 in
+# RFC 9580) for a message to a key; a symmetric-key one (tag 3: v4, v5, v6) for a passphrase.
+_SESSION_KEY_VERSIONS = {1: (3, 6), 3: (4, 5, 6)}
+
+
+def _pgp_session_key_packet(head: bytes) -> bool:
+    """The bytes start with an OpenPGP session-key packet: its tag, a length, then a known version byte."""
+    if not head or not head[0] & 0x80:
+        return False
+    first = head[0]
+    if first & 0x40:  # new format: tag, then a one-, two- or five-octet length (partial lengths not allowed here)
+        tag = first & 0x3F
+        if len(head) < 2:
+            return False
+        octet = head[1]
+        body = 2 if octet < 192 else 3 if octet < 224 else 6 if octet == 255 else -1
+    else:  # old format: tag in bits 5-2, length type in bits 1-0
+        tag = (first >> 2) & 0x0F
+        body = {0: 2, 1: 3, 2: 5}.get(first & 0x03, -1)
+    versions = _SESSION_KEY_VERSIONS.get(tag)
+    return versions is not None and 0 < body < len(head) and head[body] in versions
 
 
 def compression_of(head: bytes) -> str:

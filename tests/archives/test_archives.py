@@ -228,8 +228,9 @@ def test_a_missing_key_file_is_could_not_verify_not_a_failure(tmp_path: Path, ag
 
 
 # -- hostile archives ------------------------------------------------------------------------------------------
-def _tar_with(members: list[tarfile.TarInfo], data: dict[str, bytes], out: Path) -> Path:
-    with tarfile.open(out, "w") as tar:
+def _tar_with(members: list[tarfile.TarInfo], data: dict[str, bytes], out: Path,
+              fmt: int = tarfile.DEFAULT_FORMAT) -> Path:
+    with tarfile.open(out, "w", format=fmt) as tar:
         for ti in members:
             payload = data.get(ti.name)
             if payload is not None:
@@ -655,3 +656,42 @@ def test_every_key_problem_removes_the_gnupg_home_and_its_agent(tmp_path: Path, 
     assert result.outcome is Outcome.ERROR, result.findings
     assert why in (result.error or "")
     assert _gpg_leftovers(scratch) == []
+
+
+# -- detection ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["auto", "tar"])
+@pytest.mark.parametrize("first", ["Été.csv", "Ça va.txt"])
+def test_a_plain_tar_whose_first_name_starts_with_a_latin_letter_is_not_taken_for_openpgp(
+        tmp_path: Path, fmt: str, first: str) -> None:
+    from reversib.archives.check import preflight
+    from reversib.archives.detect import encryption_of
+    from reversib.archives.options import ArchiveConfig
+    from reversib.sources.local import LocalSource
+
+    drop = _drop(tmp_path)
+    good = {first: b"a;b\n1;2\n"}
+    _tar_with([_member(first), _member("SHA256SUMS")], {**good, "SHA256SUMS": _listed(good)}, drop / "e.tar",
+              tarfile.GNU_FORMAT)  # the UTF-8 name in the first header (PAX would put a PaxHeader first)
+    head = (drop / "e.tar").read_bytes()[:512]
+    assert head[0] == 0xC3  # a UTF-8 lead byte: the header of an OpenPGP packet of tag 3 (symmetric-key session key)
+    assert encryption_of(head) == "none"
+    result = run(archive_check(drop, {"path": "e.tar", "format": fmt}), tmp_path)
+    assert result.outcome is Outcome.PASSED, (result.error, result.findings)
+    import datetime as dt
+    assert preflight(ArchiveConfig(path="e.tar", format=fmt), LocalSource(str(drop)), dt.timezone.utc) is None
+
+
+def test_openpgp_messages_are_still_recognized(tmp_path: Path, gpg_keys: dict[str, Any]) -> None:
+    from reversib.archives.detect import encryption_of
+    from tests.archives.conftest import sh
+
+    plain = tmp_path / "p.txt"
+    plain.write_bytes(b"hello\n" * 100)
+    to_key = gpg_encrypt(plain, gpg_keys, "customer", tmp_path / "p.gpg")
+    (tmp_path / "pass.txt").write_text("pw\n")
+    symmetric = tmp_path / "p.sym.gpg"
+    sh("gpg", "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase-file", tmp_path / "pass.txt",
+       "-o", symmetric, "--symmetric", plain, env=gpg_keys["env"])
+    assert encryption_of(to_key.read_bytes()[:512]) == "gpg"
+    assert encryption_of(symmetric.read_bytes()[:512]) == "gpg"
+    assert encryption_of(b"\xc3\x89t\xc3\xa9.csv") == "none"  # a name, not a packet: version byte 't'
