@@ -137,7 +137,7 @@ class Decryption:
             key = _secret(o.identity_file, o.identity_env, "OpenPGP secret key")
             if key is not None:
                 self._import(tool, home, key)
-        argv = [tool, "--homedir", home, "--batch", "--no-tty", "--quiet", "--status-fd", "2",
+        argv = [tool, "--homedir", home, "--batch", "--no-tty", "--status-fd", "2",
                 "--no-auto-key-retrieve", "--no-permission-warning", "--pinentry-mode", "loopback", "--decrypt"]
         passphrase = _secret(o.passphrase_file, o.passphrase_env, "OpenPGP passphrase")
         if passphrase is not None:
@@ -206,7 +206,15 @@ class Decryption:
         text = self._stderr.decode("utf-8", "replace")
         if self.method == "age":
             return _age_verdict(proc.returncode, text)
-        return _gpg_verdict(proc.returncode, text)
+        return _gpg_verdict(proc.returncode, text, passphrase=self._passphrase_source())
+
+    def _passphrase_source(self) -> str | None:
+        o = self.options
+        if o.passphrase_file:
+            return f"archive.decrypt.passphrase_file ({o.passphrase_file})"
+        if o.passphrase_env:
+            return f"archive.decrypt.passphrase_env ({o.passphrase_env})"
+        return None
 
 
 def _last_error(text: str, prefix: str) -> str:
@@ -233,14 +241,38 @@ def _age_verdict(code: int, text: str) -> Verdict:
 _STATUS = re.compile(r"^\[GNUPG:\] (\S+)(?: (.*))?$", re.MULTILINE)
 
 
-def _gpg_verdict(code: int, text: str) -> Verdict:
+_GPG_ERR_BAD_PASSPHRASE = 11
+_GPG_ERR_CANCELED = 99  # a pinentry that could not ask
+_GPG_ERR_NO_PASSPHRASE = 177
+
+
+def _gpg_verdict(code: int, text: str, passphrase: str | None = None) -> Verdict:
+    """What gpg's --status-fd lines (docs/DETAILS in GnuPG) say.  `passphrase` names where the configured
+    passphrase came from (None: none configured)."""
     status: dict[str, list[str]] = {}
     for m in _STATUS.finditer(text):
         status.setdefault(m.group(1), []).append(m.group(2) or "")
     if code == 0 and "DECRYPTION_OKAY" in status and "BADMDC" not in status:
         return Verdict(None, "decrypted")
-    if "BAD_PASSPHRASE" in status or "MISSING_PASSPHRASE" in status or "_BAD_PASSPHRASE" in text:
-        raise KeyProblem("the OpenPGP key's passphrase is missing or wrong (archive.decrypt.passphrase_*)")
+    error_codes: set[int] = set()
+    for value in status.get("ERROR", []):
+        parts = value.split()
+        if len(parts) > 1:
+            digits = re.match(r"\d+", parts[1])
+            if digits:
+                error_codes.add(int(digits.group()) & 0xFFFF)
+    considered = sorted({v.split()[0] for v in status.get("KEY_CONSIDERED", []) if v})
+    whose = f"the configured OpenPGP key {considered[0]}" if considered else "the OpenPGP message"
+    refused = ("BAD_PASSPHRASE" in status or _GPG_ERR_BAD_PASSPHRASE in error_codes or "_BAD_PASSPHRASE" in text)
+    asked = ("NEED_PASSPHRASE" in status or "NEED_PASSPHRASE_SYM" in status) and (
+        "batchmode" in text or "MISSING_PASSPHRASE" in status or bool(error_codes & {_GPG_ERR_CANCELED,
+                                                                                       _GPG_ERR_NO_PASSPHRASE}))
+    missing = "MISSING_PASSPHRASE" in status or _GPG_ERR_NO_PASSPHRASE in error_codes or asked
+    if passphrase is None and (refused or missing):
+        raise KeyProblem(f"{whose} is protected by a passphrase and no passphrase is configured "
+                         "(set archive.decrypt.passphrase_file or passphrase_env)")
+    if refused or missing:
+        raise KeyProblem(f"the passphrase from {passphrase} is wrong: gpg refused it for {whose}")
     if "NO_SECKEY" in status or "no secret key" in text.lower():
         to = sorted({v.split()[0] for v in status.get("ENC_TO", []) if v})
         return Verdict("decrypt_failed", f"encrypted to OpenPGP key(s) {', '.join(to) or '(hidden)'}; the configured "

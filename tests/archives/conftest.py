@@ -87,6 +87,9 @@ def age_encrypt(plain: Path, recipient: str, out: Path) -> Path:
     return out
 
 
+GPG_PASSPHRASE = "correct horse battery"
+
+
 @pytest.fixture(scope="session")
 def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Two OpenPGP keys made by the real gpg in a throwaway home; the customer's secret key exported."""
@@ -95,14 +98,15 @@ def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     os.chmod(home, 0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
     keys: dict[str, Any] = {"home": home, "env": env}
-    for who in ("customer", "other"):
+    for who in ("customer", "other", "protected"):  # "protected": the customer's key under a passphrase
         uid = f"{who} <{who}@example.test>"
-        sh("gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "cert", "never", env=env)
+        pw = ["--pinentry-mode", "loopback", "--passphrase", GPG_PASSPHRASE if who == "protected" else ""]
+        sh("gpg", "--batch", *pw, "--quick-gen-key", uid, "ed25519", "cert", "never", env=env)
         fpr = sh("gpg", "--batch", "--with-colons", "--list-keys", uid, env=env).decode()
         fingerprint = next(line.split(":")[9] for line in fpr.splitlines() if line.startswith("fpr:"))
-        sh("gpg", "--batch", "--passphrase", "", "--quick-add-key", fingerprint, "cv25519", "encr", "never", env=env)
+        sh("gpg", "--batch", *pw, "--quick-add-key", fingerprint, "cv25519", "encr", "never", env=env)
         secret = home / f"{who}.sec.asc"
-        secret.write_bytes(sh("gpg", "--batch", "--armor", "--export-secret-keys", fingerprint, env=env))
+        secret.write_bytes(sh("gpg", "--batch", *pw, "--armor", "--export-secret-keys", fingerprint, env=env))
         keys[who] = {"uid": uid, "fingerprint": fingerprint, "secret": secret}
     yield keys
     subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False, capture_output=True)

@@ -695,3 +695,26 @@ def test_openpgp_messages_are_still_recognized(tmp_path: Path, gpg_keys: dict[st
     assert encryption_of(to_key.read_bytes()[:512]) == "gpg"
     assert encryption_of(symmetric.read_bytes()[:512]) == "gpg"
     assert encryption_of(b"\xc3\x89t\xc3\xa9.csv") == "none"  # a name, not a packet: version byte 't'
+
+
+@pytest.mark.parametrize("case", ["wrong", "missing", "right"])
+def test_the_passphrase_of_the_customers_own_gpg_key_is_could_not_verify(tmp_path: Path, gpg_keys: dict[str, Any],
+                                                                          case: str) -> None:
+    from tests.archives.conftest import GPG_PASSPHRASE
+
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    gpg_encrypt(make_tar(tree, tmp_path / "p.tar.gz", "gz"), gpg_keys, "protected", drop / "p.gpg")
+    decrypt: dict[str, Any] = {"identity_file": str(gpg_keys["protected"]["secret"])}
+    if case != "missing":
+        (tmp_path / "pass.txt").write_text(f"{'Tr0ub4dor&3' if case == 'wrong' else GPG_PASSPHRASE}\n")
+        decrypt["passphrase_file"] = str(tmp_path / "pass.txt")
+    result = run(archive_check(drop, {"path": "p.gpg", "decrypt": decrypt}), tmp_path)
+    if case == "right":
+        assert result.outcome is Outcome.PASSED, (result.error, result.findings)
+        return
+    assert result.outcome is Outcome.ERROR, (result.error, result.findings)  # could not verify, not the provider's
+    assert [k for k, _ in kinds(result)] == ["source_error"]  # no decrypt_failed, no ciphertext_corrupt
+    error = result.error or ""
+    assert ("is wrong" if case == "wrong" else "no passphrase is configured") in error, error
+    assert "Tr0ub4dor" not in error and GPG_PASSPHRASE not in error
