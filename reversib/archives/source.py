@@ -124,8 +124,13 @@ class ArchiveSource(Source):
         if decryption is not None:
             verdict = decryption.verdict()
             if verdict.kind is not None:
-                # What the layers above saw is a consequence: the ciphertext is the cause.
-                result.findings = [f for f in result.findings if f.kind is not FindingKind.ARCHIVE_CORRUPT]
+                # What the layers above saw is a consequence: the ciphertext is the cause.  OpenPGP hands out
+                # plaintext before its MDC is checked at the end, so every member read (a digest_mismatch, a
+                # corrupt stream, a limit) may come from the corrupt ciphertext: none is judged.
+                result.findings = []
+                result.entries.clear()
+                result.captured.clear()
+                result.data_of.clear()
                 result.unreadable.clear()
                 result.findings.append(Finding(FindingKind(verdict.kind), None,
                                                expected=f"an archive that opens with the configured {enc} key"

@@ -718,3 +718,15 @@ def test_the_passphrase_of_the_customers_own_gpg_key_is_could_not_verify(tmp_pat
     error = result.error or ""
     assert ("is wrong" if case == "wrong" else "no passphrase is configured") in error, error
     assert "Tr0ub4dor" not in error and GPG_PASSPHRASE not in error
+
+
+def test_a_flipped_byte_inside_a_gpg_members_ciphertext_reports_only_ciphertext_corrupt(
+        tmp_path: Path, gpg_keys: dict[str, Any]) -> None:
+    tree = make_tree(tmp_path, {"big.bin": os.urandom(3 << 20)})
+    drop = _drop(tmp_path)
+    enc = gpg_encrypt(make_tar(tree, tmp_path / "m.tar", "none"), gpg_keys, "customer", drop / "m.gpg")
+    flip_byte(enc, enc.stat().st_size // 2)  # in the middle of big.bin's data: gpg outputs it before its MDC fails
+    result = run(archive_check(drop, {"path": "m.gpg",
+                                      "decrypt": {"identity_file": str(gpg_keys["customer"]["secret"])}}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [("ciphertext_corrupt", "m.gpg")]  # not also digest_mismatch m.gpg!/big.bin
