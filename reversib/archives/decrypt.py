@@ -95,8 +95,10 @@ class Decryption:
             raise KeyProblem(f"the {self.method} command is not installed (needed to decrypt this archive)")
         try:
             argv = self._age_argv(tool) if self.method == "age" else self._gpg_argv(tool)
+            # A session of its own: no controlling terminal, so that age or gpg fails instead of prompting on
+            # /dev/tty (a passphrase-protected age identity, a pinentry) and hanging the run.
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         pass_fds=self._fds, env=self._env(), close_fds=True)
+                                         pass_fds=self._fds, env=self._env(), close_fds=True, start_new_session=True)
         finally:
             for fd in self._fds:
                 os.close(fd)
@@ -149,9 +151,10 @@ class Decryption:
     def _import(self, tool: str, home: str, key: bytes) -> None:
         base = [tool, "--homedir", home, "--batch", "--no-tty", "--quiet"]
         subprocess.run([*base, "--import"], input=key, capture_output=True, env=self._env(), timeout=60,
-                       check=False)
+                       check=False, start_new_session=True)
         listed = subprocess.run([*base, "--list-secret-keys", "--with-colons"], capture_output=True,
-                                env=self._env(), timeout=60, check=False)
+                                env=self._env(), timeout=60, check=False, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         if not any(line.startswith(b"sec:") for line in listed.stdout.splitlines()):
             raise KeyProblem("the configured OpenPGP key holds no secret key (not an OpenPGP secret key, or a "
                              "public key only: a public key cannot decrypt)")
@@ -192,7 +195,8 @@ class Decryption:
             if gpgconf:
                 try:  # the agent (and any keyboxd/dirmngr) holding the imported key
                     subprocess.run([gpgconf, "--homedir", self._home, "--kill", "all"], capture_output=True,
-                                   env=self._env(), timeout=30, check=False)
+                                   env=self._env(), timeout=30, check=False, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
                 except (OSError, subprocess.SubprocessError):
                     pass
             shutil.rmtree(self._home, ignore_errors=True)
@@ -231,6 +235,10 @@ def _age_verdict(code: int, text: str) -> Verdict:
     if "no identity matched" in low:
         return Verdict("decrypt_failed", "not encrypted to the configured age identity (no identity matched any "
                                          "of the recipients)")
+    if "identity" in low and "passphrase" in low:
+        raise KeyProblem("the configured age identity is protected by a passphrase, which reversib cannot give "
+                         "age (it would prompt on a terminal): configure an identity without a passphrase, kept "
+                         "secret by the file's permissions or identity_env")
     if ("identity" in low and "reading" in low) or "no secret keys" in low or "identity file" in low:
         raise KeyProblem(f"the configured age identity cannot be used: {msg}")
     if "passphrase" in low:

@@ -730,3 +730,93 @@ def test_a_flipped_byte_inside_a_gpg_members_ciphertext_reports_only_ciphertext_
                                       "decrypt": {"identity_file": str(gpg_keys["customer"]["secret"])}}), tmp_path)
     assert result.outcome is Outcome.FAILED
     assert kinds(result) == [("ciphertext_corrupt", "m.gpg")]  # not also digest_mismatch m.gpg!/big.bin
+
+
+# -- no prompt on a terminal ---------------------------------------------------------------------------------------
+def _in_pty(argv: list[str], answer: bytes | None, timeout: float, cwd: Path | None = None) -> tuple[int | None, bytes]:
+    """Run `argv` with a new pseudo-terminal as its controlling terminal; answer each passphrase prompt with
+    `answer` (None: never).  (exit code, output), or (None, output) when it was still running after `timeout`."""
+    import pty
+    import select
+    import signal
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        if cwd is not None:
+            os.chdir(cwd)
+        os.execvp(argv[0], argv)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    chunk = b""
+                out += chunk
+                if answer is not None and b"passphrase" in chunk.lower():
+                    os.write(fd, answer + b"\n")
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), out
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return None, out
+    finally:
+        os.close(fd)
+
+
+def test_a_passphrase_protected_age_identity_is_could_not_verify_and_never_prompts(
+        tmp_path: Path, age_keys: dict[str, Any]) -> None:
+    import sys
+
+    from tests.archives.conftest import sh
+
+    plain_key = tmp_path / "plain.key"
+    sh("age-keygen", "-o", plain_key)
+    recipient = next(ln.split(": ", 1)[1] for ln in plain_key.read_text().splitlines() if "public key" in ln)
+    protected = tmp_path / "protected.key"
+    code, out = _in_pty(["age", "-p", "-o", str(protected), str(plain_key)], b"s3cret pass", 30)
+    assert code == 0 and protected.read_bytes().startswith(b"age-encryption.org/v1"), out
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "p.tar.zst"), recipient, drop / "p.age")
+    script = (
+        "from pathlib import Path\n"
+        "from tests.archives.conftest import archive_check, run\n"
+        f"r = run(archive_check(Path({str(drop)!r}), {{'path': 'p.age', 'decrypt': "
+        f"{{'identity_file': {str(protected)!r}}}}}), Path({str(tmp_path)!r}))\n"
+        "print('OUTCOME', r.outcome.value, 'ERROR', r.error)\n")
+    # reversib runs with a terminal: age must not prompt on it (the run would wait for ever)
+    code, out = _in_pty([sys.executable, "-c", script], None, 60, cwd=Path(__file__).parents[2])
+    text = out.decode(errors="replace")
+    assert code is not None, f"the run hung on a passphrase prompt: {text[-500:]}"
+    assert "OUTCOME error" in text and "protected by a passphrase" in text, text[-2000:]
+    assert "Enter passphrase" not in text
+
+
+def test_age_and_gpg_start_in_a_session_of_their_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+
+    from reversib.archives.decrypt import Decryption
+    from reversib.archives.options import DecryptOptions
+
+    need("age")
+    key = tmp_path / "k"
+    key.write_text("AGE-SECRET-KEY-1\n")
+    seen: dict[str, Any] = {}
+    real = subprocess.Popen
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    d = Decryption("age", DecryptOptions(identity_file=str(key)))
+    stdin, _ = d.start()
+    stdin.close()
+    d.finish()
+    assert seen["start_new_session"] is True and seen["stdin"] == subprocess.PIPE
