@@ -48,6 +48,10 @@ class ScanResult:
     algorithms: tuple[str, ...] = ()
     captured: dict[str, bytes] = field(default_factory=dict)
     data_of: dict[str, str] = field(default_factory=dict)  # member path -> member whose data it has (links)
+    # member path (before any root is cut) -> which copy was hashed, for a name appearing more than once: the
+    # n-th regular member of that name in a tar, the local header offset in a zip.  Reading the member again
+    # (a dump for the dump checks) takes that copy: the one verified.
+    copy_of: dict[str, int] = field(default_factory=dict)
     members: int = 0
     expanded_bytes: int = 0
     container: str = "tar"
@@ -312,6 +316,7 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
                 continue
             if ti.isreg():
                 current = path
+                r.copy_of[path] = r.copy_of.get(path, 0) + 1
                 if ti.sparse is None:
                     data: IO[bytes] = _Member(tar.fileobj, ti.offset_data, ti.size)  # type: ignore[assignment]
                 else:
@@ -590,6 +595,7 @@ def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, reader: _Reader) -> 
                        actual="device, fifo or socket")
         return
     try:
+        r.copy_of[path] = info.header_offset
         with zf.open(info) as f:
             reader.hash_member(path, f, info.file_size, mtime)
     except _Stop as stop:

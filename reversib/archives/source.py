@@ -258,7 +258,9 @@ class _MemberStream(io.RawIOBase):
             assert entry is not None and entry.size is not None
             self._raw = RangeFile(archive.outer, archive.path, entry.size)
             self._zip = zipfile.ZipFile(io.BufferedReader(self._raw, 1 << 20))  # type: ignore[arg-type]
-            info = next((i for i in self._zip.infolist() if clean_name(zip_name(i))[0] == name), None)
+            offset = result.copy_of.get(name)  # the copy verified, when the name appears twice
+            info = next((i for i in self._zip.infolist() if clean_name(zip_name(i))[0] == name
+                         and (offset is None or i.header_offset == offset)), None)
             if info is None:
                 self.close()
                 raise FileNotFoundError(f"{name}: not found when reading the archive again")
@@ -271,11 +273,15 @@ class _MemberStream(io.RawIOBase):
         self._pipeline.__enter__()
         try:
             self._tar = tarfile.open(fileobj=self._pipeline.stream, mode="r|", bufsize=1 << 20)  # noqa: SIM115
+            wanted = result.copy_of.get(name, 1)  # the copy verified (the last), when the name appears twice
+            copy = 0
             for ti in self._tar:
                 self._tar.members.clear()
                 if clean_name(ti.name)[0] == name and ti.isreg():
-                    self._data = self._tar.extractfile(ti)
-                    return
+                    copy += 1
+                    if copy == wanted:
+                        self._data = self._tar.extractfile(ti)
+                        return
         except BaseException:
             self.close()  # the decryption process and its GnuPG home go too
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -820,3 +821,37 @@ def test_age_and_gpg_start_in_a_session_of_their_own(monkeypatch: pytest.MonkeyP
     stdin.close()
     d.finish()
     assert seen["start_new_session"] is True and seen["stdin"] == subprocess.PIPE
+
+
+# -- a name twice: the copy verified is the copy handed on -----------------------------------------------------------
+@pytest.mark.parametrize("container", ["tar", "zip"])
+def test_a_member_read_again_is_the_copy_that_was_verified(tmp_path: Path, container: str) -> None:
+    import warnings
+    import zipfile
+
+    from reversib.archives.options import ArchiveConfig
+    from reversib.archives.source import ArchiveSource
+    from reversib.sources.local import LocalSource
+
+    drop = _drop(tmp_path)
+    copies = [("crm.dump", b"FIRST copy " * 20), ("other.txt", b"x"), ("crm.dump", b"SECOND copy " * 20)]
+    if container == "tar":
+        with tarfile.open(drop / "d.tar", "w") as t:
+            for name, data in copies:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+    else:
+        with warnings.catch_warnings(), zipfile.ZipFile(drop / "d.zip", "w") as z:
+            warnings.simplefilter("ignore")  # "Duplicate name"
+            for name, data in copies:
+                z.writestr(name, data)
+    name = f"d.{container}"
+    archive = ArchiveSource(LocalSource(str(drop)), name, ArchiveConfig(path=name))
+    result = archive.scan(("sha256",))
+    assert [(f.kind.value, f.path) for f in result.findings] == [("duplicate_entry", "crm.dump")]
+    verified = result.entries["crm.dump"].digests["sha256"]
+    assert verified == hashlib.sha256(copies[2][1]).hexdigest()  # the last copy, as extraction keeps
+    archive.result = dataclasses.replace(result, captured={})  # read it again from the archive, as a dump is
+    with archive._open_raw("crm.dump", 0) as f:
+        assert f.read() == copies[2][1]
