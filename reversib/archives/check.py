@@ -252,8 +252,13 @@ def verify_archive(cfg: ArchiveConfig, export: Source, name: str, outer: Manifes
                         note = f"{not_reached} manifest entries not reached"
                         scan.findings[i] = dataclasses.replace(f, detail=f"{f.detail}; {note}" if f.detail else note)
                         break
+    # A hostile name both listed by the inner manifest and present as a member is one unsafe_path, not two.
+    unsafe = {f.path for f in report.findings if f.kind is FindingKind.UNSAFE_PATH}
     report.findings.extend(_prefix(name, f) if f.path is not None else dataclasses.replace(f, path=name)
-                           for f in scan.findings)
+                           for f in scan.findings
+                           if not (f.kind is FindingKind.UNSAFE_PATH and f.path is not None
+                                   and f"{name}{SEP}{f.path}" in unsafe))
+    members_newest = report.newest_mtime  # the newest member's mtime: what expect.max_age judges
     if outer is not None:
         computed = {name: archive.outer_digests} if archive.outer_digests else {}
         outer_report = verify(_WithDigests(export, computed), outer, options, clock=clock)
@@ -264,6 +269,9 @@ def verify_archive(cfg: ArchiveConfig, export: Source, name: str, outer: Manifes
         report.bytes_listed += (entry.size or 0) if entry is not None else 0
         if entry is not None and entry.mtime is not None:
             report.newest_mtime = max(report.newest_mtime or entry.mtime, entry.mtime)
+    if members_newest is not None:
+        # A fresh archive of stale files is stale: the archive file's own mtime counts only when no member has one.
+        report.newest_mtime = members_newest
     return ArchiveVerdict(archive, name, manifest, report, reads)
 
 

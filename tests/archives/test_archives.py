@@ -855,3 +855,98 @@ def test_a_member_read_again_is_the_copy_that_was_verified(tmp_path: Path, conta
     archive.result = dataclasses.replace(result, captured={})  # read it again from the archive, as a dump is
     with archive._open_raw("crm.dump", 0) as f:
         assert f.read() == copies[2][1]
+
+
+# -- hostile zips ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("member", "data", "mode", "expected"), [
+    ("../x", b"evil", None, [("unsafe_path", "h.zip!/../x")]),
+    ("/etc/x", b"evil", None, [("unsafe_path", "h.zip!//etc/x")]),
+    ("..\\x", b"evil", None, [("unsafe_path", "h.zip!/..\\x")]),
+    ("root", b"/", 0o120777, [("unsafe_path", "h.zip!/root")]),
+    ("up", b"../../etc/passwd", 0o120777, [("unsafe_path", "h.zip!/up")]),
+    ("ff", b"", 0o010644, [("unsafe_path", "h.zip!/ff")]),
+    ("ok.txt", b"fine\n", None, [("duplicate_entry", "h.zip!/ok.txt")]),
+    ("a:b.txt", b"listed", None, [("unsafe_path", "h.zip!/a:b.txt")]),  # once, though listed in the manifest too
+])
+def test_hostile_zip_members_are_one_finding_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str,
+                                                 data: bytes, mode: int | None,
+                                                 expected: list[tuple[str, str]]) -> None:
+    import warnings
+    import zipfile
+
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    drop = _drop(tmp_path)
+    good = {"ok.txt": b"fine\n", **({member: data} if member == "a:b.txt" else {})}
+    with warnings.catch_warnings(), zipfile.ZipFile(drop / "h.zip", "w") as z:
+        warnings.simplefilter("ignore")  # "Duplicate name"
+        z.writestr("SHA256SUMS", _listed(good))
+        z.writestr("ok.txt", b"fine\n")
+        info = zipfile.ZipInfo(member)
+        if mode is not None:
+            info.create_system = 3
+            info.external_attr = mode << 16
+        z.writestr(info, data)
+    before = set(tmp_path.rglob("*"))
+    result = run(archive_check(drop, {"path": "h.zip"}), tmp_path)
+    assert kinds(result) == expected
+    created = set(tmp_path.rglob("*")) - before
+    assert {p.name for p in created} <= {"history.db", "history.db-journal", "history.db-wal", "history.db-shm"}
+
+
+def test_a_truncated_zip_is_archive_corrupt(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    arc = make_zip(tree, drop / "t.zip")
+    os.truncate(arc, arc.stat().st_size // 2)  # the central directory is gone
+    result = run(archive_check(drop, {"path": "t.zip"}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [("archive_corrupt", "t.zip")]
+
+
+def test_a_tar_ratio_bomb_stops_at_the_ratio_limit(tmp_path: Path) -> None:
+    src = tmp_path / "bomb"
+    src.mkdir()
+    with open(src / "zeros.bin", "wb") as f:
+        f.truncate(100 << 20)  # 100 MiB of zeros: about 100 KiB gzipped
+    drop = _drop(tmp_path)
+    make_tar(src, drop / "bomb.tar.gz", "gz")
+    result = run(archive_check(drop, {"path": "bomb.tar.gz", "limits": {"max_ratio": 100}}), tmp_path)
+    assert kinds(result) == [("archive_limit", "bomb.tar.gz")]
+    [finding] = [f for f in result.findings if f.kind.value == "archive_limit"]
+    assert "max_ratio" in finding.expected
+
+
+# -- the manifest inside the archive: stale and duplicate entries ------------------------------------------------------
+def _small_tgz(tmp_path: Path, sums_extra: bytes = b"", members_mtime: float | None = None) -> Path:
+    from tests.archives.conftest import sh
+
+    tree = make_tree(tmp_path, {"a.txt": b"a\n", "b.txt": b"b\n"})
+    if sums_extra:
+        with open(tree / "SHA256SUMS", "ab") as f:
+            f.write(sums_extra)
+    if members_mtime is not None:
+        for p in [tree, *tree.rglob("*")]:
+            os.utime(p, (members_mtime, members_mtime))
+    drop = _drop(tmp_path)
+    sh("tar", "-C", tree, "-czf", drop / "x.tgz", ".")
+    return drop
+
+
+def test_a_manifest_entry_twice_inside_the_archive_is_duplicate_entry(tmp_path: Path) -> None:
+    drop = _small_tgz(tmp_path, f"{'0' * 64}  a.txt\n".encode())
+    result = run(archive_check(drop, {"path": "x.tgz"}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert kinds(result) == [("duplicate_entry", "x.tgz!/a.txt")]
+
+
+def test_stale_members_in_a_fresh_archive_are_stale(tmp_path: Path) -> None:
+    drop = _small_tgz(tmp_path, members_mtime=1e9)  # members of 2001, in an archive file written now
+    result = run(archive_check(drop, {"path": "x.tgz"}, expect={"max_age": "2d"}), tmp_path)
+    assert result.outcome is Outcome.FAILED
+    assert [k for k, _ in kinds(result)] == ["stale"]
+    (tmp_path / "fresh").mkdir()
+    fresh = _small_tgz(tmp_path / "fresh")
+    assert run(archive_check(fresh, {"path": "x.tgz"}, expect={"max_age": "2d"}),
+               tmp_path / "fresh").outcome is Outcome.PASSED
