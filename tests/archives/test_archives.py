@@ -950,3 +950,43 @@ def test_stale_members_in_a_fresh_archive_are_stale(tmp_path: Path) -> None:
     fresh = _small_tgz(tmp_path / "fresh")
     assert run(archive_check(fresh, {"path": "x.tgz"}, expect={"max_age": "2d"}),
                tmp_path / "fresh").outcome is Outcome.PASSED
+
+
+def test_no_secret_reaches_the_argv_of_age_or_gpg(tmp_path: Path, age_keys: dict[str, Any], gpg_keys: dict[str, Any],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """age and gpg are run through logging wrappers on PATH: their argv (visible to every local user in
+    /proc) never holds the age identity, the OpenPGP secret key or the passphrase; they come by pipe."""
+    import shutil
+
+    from tests.archives.conftest import sh
+
+    real = {name: shutil.which(name) for name in ("age", "gpg")}
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    log = tmp_path / "argv.log"
+    for name, path in real.items():
+        assert path is not None
+        script = wrappers / name
+        script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$0 $*" >> {log}\nexec {path} "$@"\n')
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    tree = make_tree(tmp_path)
+    drop = _drop(tmp_path)
+    age_encrypt(make_tar(tree, tmp_path / "a.tar.zst"), age_keys["customer"]["recipient"], drop / "a.age")
+    identity = age_keys["customer"]["identity"].read_text()
+    monkeypatch.setenv("ACME_AGE_KEY", identity)
+    result = run(archive_check(drop, {"path": "a.age", "decrypt": {"identity_env": "ACME_AGE_KEY"}}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    plain = make_tar(tree, tmp_path / "s.tar.gz", "gz")
+    (tmp_path / "pass.txt").write_text("correct horse battery\n")
+    sh(real["gpg"] or "gpg", "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase-file",
+       tmp_path / "pass.txt", "-o", drop / "s.tar.gz.gpg", "--symmetric", plain, env=gpg_keys["env"])
+    result = run(archive_check(drop, {"path": "s.tar.gz.gpg",
+                                      "decrypt": {"passphrase_file": str(tmp_path / "pass.txt")}}), tmp_path)
+    assert result.outcome is Outcome.PASSED, result.findings
+    logged = log.read_text()
+    assert "/age " in logged and "/gpg " in logged  # both tools really ran through the wrappers
+    secret_line = next(line for line in identity.splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    assert secret_line not in logged and "AGE-SECRET-KEY" not in logged
+    assert "correct horse" not in logged
+    assert str(tmp_path / "pass.txt") not in logged  # not even the passphrase file's path: it is read by reversib
