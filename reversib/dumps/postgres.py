@@ -358,8 +358,9 @@ def _alongside(walk: Callable[[], Structure], restore_fn: Callable[[CancelToken]
 def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str, history: History,
              cancel: CancelToken, size: int, *, counted: Callable[[], int], stdin: Iterable[bytes] | None = None,
              file: str | None = None) -> RestoreReport:
-    """Restore into a new scratch database (created by the same psql session that checks the role),
-    check the expectations, drop it whatever happens.  The dump comes from `stdin` chunks or from a
+    """Restore into a new scratch database (created by the same psql session that checks the role, with
+    the per-run role that owns it, restores into it and counts its rows), check the expectations, drop
+    both whatever happens.  The dump comes from `stdin` chunks or from a
     local `file` (or directory) that pg_restore reads itself."""
     cfg = dump.restore
     assert cfg is not None
@@ -367,9 +368,11 @@ def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str
     # Not stopped by a failing structural walk (only by the run's cancel): psql killed in the middle of
     # CREATE DATABASE could leave the creation to commit after our DROP.  A failed walk stops pg_restore.
     server = pg_preflight(target, cancel.parent if isinstance(cancel, _Linked) else cancel, create=name)
+    restorer = server.restorer  # the per-run role (or, without CREATEROLE, the target's)
+    assert restorer is not None
     out = RestoreReport()
     try:
-        pg_remove_dead(target, history, [d for d in server.scratch if d != name])
+        pg_remove_dead(target, history, [d for d in (*server.scratch, *server.roles) if d != name])
         _space_check(target, server, size)
         if kind == "postgres-plain":
             argv = [find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
@@ -380,7 +383,7 @@ def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str
         if file is not None:
             argv += ["--", file]
         t0 = time.monotonic()
-        res = run_tool(argv, env=target.pg_env(name), cancel=cancel, timeout=cfg.max_restore_seconds,
+        res = run_tool(argv, env=restorer.pg_env(name), cancel=cancel, timeout=cfg.max_restore_seconds,
                        stdin=stdin, keep_stdout=False)
         out.seconds = time.monotonic() - t0
         out.bytes = counted()
@@ -394,7 +397,7 @@ def _restore(path: str, kind: str, dump: DumpConfig, target: Target, run_id: str
             out.findings.append(Finding(FindingKind.RESTORE_FAILED, path, expected="a restore without error",
                                         actual=msg[:1000]))
             return out
-        checked = _expectations(dump, cfg, target, name, path, cancel, out.findings)
+        checked = _expectations(dump, cfg, restorer, name, path, cancel, out.findings)
         out.findings.append(restored(path, out.seconds, out.bytes, checked, kind))
         return out
     finally:

@@ -10,11 +10,16 @@ run unknown to this history keeps its database.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
 import socket
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -140,33 +145,86 @@ def pg_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/5803): sent in place of the
+    password in `CREATE ROLE ... PASSWORD`, so that neither the wire nor a server log sees the cleartext.
+    `password` is ASCII (no SASLprep needed)."""
+    assert password.isascii()
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+            f"${b64(stored_key).decode()}:{b64(server_key).decode()}")
+
+
 @dataclass
 class PgServer:
     """What one query learnt about the restore server before a restore."""
 
     scratch: list[str]  # reversib_restore_* databases on the server
     data_directory: str | None  # when the role may read it
+    roles: list[str] = field(default_factory=list)  # reversib_restore_<run id> roles on the server
+    restorer: Target | None = None  # with `create`: who restores into it (the per-run role, or the target's)
 
 
 _PREFLIGHT = """SELECT 'R|' || rolsuper || '|' || rolcreatedb || '|'
   || pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER') || '|'
   || pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') || '|'
-  || pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') FROM pg_roles WHERE rolname = current_user;
+  || pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') || '|'
+  || (rolcreaterole AND rolinherit) FROM pg_roles WHERE rolname = current_user;
 SELECT 'D|' || datname FROM pg_database WHERE datname LIKE 'reversib\\_restore\\_%' ORDER BY datname;
+SELECT 'U|' || rolname FROM pg_roles WHERE rolname LIKE 'reversib\\_restore\\_%' ORDER BY rolname;
 SELECT 'S|' || setting FROM pg_settings WHERE name = 'data_directory';
 """
+
+_PREFLIGHT_GATE = """SELECT NOT (rolsuper OR pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')
+  OR pg_has_role(current_user, 'pg_write_server_files', 'MEMBER')
+  OR pg_has_role(current_user, 'pg_read_server_files', 'MEMBER')) AND rolcreatedb AS reversib_may_create,
+  rolcreaterole AND rolinherit AS reversib_isolate
+  FROM pg_roles WHERE rolname = current_user \\gset
+"""
+
+# The per-run role: it may log in (with a password drawn for this run, sent as a SCRAM verifier), and
+# nothing else; it owns its scratch database only.  It is a member of no role but the implicit
+# pg_database_owner of that database: INHERIT, so that it may create in its `public` schema (PG 15+).
+# The target role becomes a member of it (needed to create a database OWNER it, and to drop that
+# database).  Every scratch database is closed to PUBLIC:
+# another run's role cannot connect to it.
+_CREATE = """\\if :reversib_may_create
+\\if :reversib_isolate
+CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS
+  CONNECTION LIMIT {limit} PASSWORD '{verifier}';
+GRANT {ident} TO CURRENT_USER;
+CREATE DATABASE {ident} OWNER {ident} TEMPLATE template0;
+SELECT 'I|' || 1;
+\\else
+CREATE DATABASE {ident} TEMPLATE template0;
+\\endif
+REVOKE ALL ON DATABASE {ident} FROM PUBLIC;
+SELECT 'C|' || 1;
+\\endif
+"""
+CONNECTION_LIMIT = 8  # the restore tool and up to 4 row counts at once
 
 
 def pg_preflight(target: Target, cancel: CancelToken, create: str | None = None) -> PgServer:
     """One round trip: the restore role must not be a superuser nor able to run programs or touch
-    server files, and needs CREATEDB; also the scratch databases present and the data directory.
-    With `create`, the same psql session then creates that scratch database -- only when the role
-    passed (psql's `\\if` on the role's attributes; checked again here)."""
+    server files, and needs CREATEDB; also the scratch databases and per-run roles present and the data
+    directory.  With `create`, the same psql session then creates that scratch database -- only when the
+    role passed (psql's `\\if` on the role's attributes; checked again here) -- and, when the role also
+    has CREATEROLE (and INHERIT), a per-run role of the same name that owns it and restores into it (the
+    server's `restorer`).  Without CREATEROLE the target role restores itself, with a warning."""
     sql = _PREFLIGHT
+    password = verifier = None
     if create is not None:
         assert SCRATCH_RE.match(create)
-        sql = (_PREFLIGHT_GATE + _PREFLIGHT + "\\if :reversib_may_create\n"
-               f"CREATE DATABASE {pg_ident(create)} TEMPLATE template0;\nSELECT 'C|' || 1;\n\\endif\n")
+        password = secrets.token_urlsafe(32)
+        verifier = scram_verifier(password)
+        sql = _PREFLIGHT_GATE + _PREFLIGHT + _CREATE.format(ident=pg_ident(create), limit=CONNECTION_LIMIT,
+                                                            verifier=verifier)
     try:
         rows = psql(target, sql, cancel)
     except Cancelled:
@@ -176,8 +234,11 @@ def pg_preflight(target: Target, cancel: CancelToken, create: str | None = None)
             pg_drop(target, create)
         raise
     except PsqlError as exc:
-        raise unverifiable(f"restore server {target.describe()} unreachable or refusing: {exc}",
-                           "a reachable restore server") from exc
+        if create is not None:  # a creation that failed half-way (the role created, not the database)
+            pg_drop(target, create, quiet=True)
+        message = str(exc).replace(verifier, "[verifier]") if verifier else str(exc)
+        raise unverifiable(f"restore server {target.describe()} unreachable or refusing: {message}",
+                           "a reachable restore server") from None
     created = create is not None and "C|1" in rows
     try:
         server = _judge(target, rows)
@@ -188,60 +249,72 @@ def pg_preflight(target: Target, cancel: CancelToken, create: str | None = None)
         raise
     if create is not None and not created:
         raise unverifiable(f"cannot create the scratch database {create} on {target.describe()}")
+    if create is not None:
+        assert password is not None
+        if "I|1" in rows:
+            server.restorer = replace(target, user=create, password=password)
+        else:
+            log.warning("restore role %r lacks CREATEROLE (or INHERIT): the dump is restored as that role, which "
+                        "reaches every scratch database on the server; give it CREATEROLE to restore as a "
+                        "per-run role (docs/dumps.md)", target.user)
+            server.restorer = target
     return server
-
-
-_PREFLIGHT_GATE = """SELECT NOT (rolsuper OR pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')
-  OR pg_has_role(current_user, 'pg_write_server_files', 'MEMBER')
-  OR pg_has_role(current_user, 'pg_read_server_files', 'MEMBER')) AND rolcreatedb AS reversib_may_create
-  FROM pg_roles WHERE rolname = current_user \\gset
-"""
 
 
 def _judge(target: Target, rows: list[str]) -> PgServer:
     role = [r.split("|")[1:] for r in rows if r.startswith("R|")]
-    if len(role) != 1 or len(role[0]) != 5:
+    if len(role) != 1 or len(role[0]) != 6:
         raise unverifiable(f"restore server {target.describe()}: cannot read the role's attributes")
-    superuser, createdb, program, write, read = (f == "true" for f in role[0])
+    superuser, createdb, program, write, read, _isolate = (f == "true" for f in role[0])
     if superuser or program or write or read:
         why = "a superuser" if superuser else "a member of pg_execute_server_program/pg_*_server_files"
         raise unverifiable(f"restore role {target.user!r} is {why}: a dump is untrusted input; restore as a "
-                           "role with only LOGIN and CREATEDB (docs/dumps.md)",
+                           "role with only LOGIN, CREATEDB and CREATEROLE (docs/dumps.md)",
                            "a restore role that is not a superuser")
     if not createdb:
         raise unverifiable(f"restore role {target.user!r} lacks CREATEDB: reversib creates its scratch database",
                            "a restore role with CREATEDB")
     data_dir = [r[2:] for r in rows if r.startswith("S|")]
-    return PgServer([r[2:] for r in rows if r.startswith("D|")], data_dir[0] if data_dir else None)
+    return PgServer([r[2:] for r in rows if r.startswith("D|")], data_dir[0] if data_dir else None,
+                    [r[2:] for r in rows if r.startswith("U|")])
 
 
-def pg_create(target: Target, name: str, cancel: CancelToken) -> None:
-    try:
-        psql(target, f"CREATE DATABASE {pg_ident(name)} TEMPLATE template0;", cancel)
-    except PsqlError as exc:
-        raise unverifiable(f"cannot create the scratch database {name} on {target.describe()}: {exc}") from exc
+# The target role takes back its membership of the per-run role first: on PostgreSQL 15 and older a
+# role may revoke its own membership from others (it administers itself), which would keep its database.
+_DROP = """SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') AS reversib_role \\gset
+\\if :reversib_role
+GRANT {ident} TO CURRENT_USER;
+\\endif
+DROP DATABASE IF EXISTS {ident} WITH (FORCE);
+\\if :reversib_role
+DROP ROLE {ident};
+\\endif
+"""
 
 
-def pg_drop(target: Target, name: str) -> bool:
-    """Drop a scratch database (never cancelled: this is the cleanup).  False when it failed."""
+def pg_drop(target: Target, name: str, quiet: bool = False) -> bool:
+    """Drop a scratch database, then its per-run role when there is one (never cancelled: this is the
+    cleanup).  False when it failed (logged as an error, unless `quiet`)."""
     assert SCRATCH_RE.match(name)
     try:
-        psql(target, f"DROP DATABASE IF EXISTS {pg_ident(name)} WITH (FORCE);", CancelToken(), timeout=60)
+        psql(target, _DROP.format(name=name, ident=pg_ident(name)), CancelToken(), timeout=60)
     except PsqlError as exc:
-        log.error("could not drop the scratch database %s on %s: %s", name, target.describe(), exc)
+        (log.debug if quiet else log.error)("could not drop the scratch database %s (or its role) on %s: %s",
+                                            name, target.describe(), exc)
         return False
     return True
 
 
-def pg_remove_dead(target: Target, history: History, scratch: list[str]) -> list[str]:
-    """Drop the scratch databases (of `scratch`) whose run is no longer alive; their names."""
+def pg_remove_dead(target: Target, history: History, names: Iterable[str]) -> list[str]:
+    """Drop the scratch databases and per-run roles (named in `names`) whose run is no longer alive;
+    their names."""
     removed = []
-    for name in scratch:
-        m = SCRATCH_RE.match(name.strip())
-        if m and run_is_dead(history, m.group(1)) and pg_drop(target, name.strip()):
-            log.warning("removed the scratch database %s left by run %s, which is no longer alive", name,
-                        m.group(1))
-            removed.append(name.strip())
+    for name in sorted({n.strip() for n in names}):
+        m = SCRATCH_RE.match(name)
+        if m and run_is_dead(history, m.group(1)) and pg_drop(target, name):
+            log.warning("removed the scratch database %s (and its role) left by run %s, which is no longer alive",
+                        name, m.group(1))
+            removed.append(name)
     return removed
 
 

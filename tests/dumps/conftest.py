@@ -39,23 +39,35 @@ def psql_admin(db: str, sql: str) -> str:
 
 
 def scratch_dbs(pg_admin: sa.Engine) -> list[str]:
-    """The scratch databases of the tests' restore role (not those of a benchmark or another session's
-    role running on the same server at the same time)."""
+    """The scratch databases of the tests' restore role: owned by it, or by a per-run role it is a member of
+    (not those of a benchmark or another session's role running on the same server at the same time)."""
     with pg_admin.connect() as conn:
         return [r[0] for r in conn.exec_driver_sql(
             "SELECT datname FROM pg_database WHERE datname ~ '^reversib_restore_' "
-            f"AND pg_get_userbyid(datdba) = '{RESTORE_ROLE}'")]
+            f"AND (pg_get_userbyid(datdba) = '{RESTORE_ROLE}' OR pg_has_role('{RESTORE_ROLE}', datdba, 'MEMBER'))")]
+
+
+def run_roles(pg_admin: sa.Engine) -> list[str]:
+    """The per-run roles (`reversib_restore_<run id>`) the tests' restore role is a member of."""
+    with pg_admin.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql(
+            "SELECT rolname FROM pg_roles WHERE rolname ~ '^reversib_restore_[0-9a-f]{32}$' "
+            f"AND pg_has_role('{RESTORE_ROLE}', oid, 'MEMBER')")]
 
 
 @pytest.fixture(scope="session")
 def restore_role(pg_admin: sa.Engine) -> Iterator[str]:
+    """The restore role: LOGIN CREATEDB CREATEROLE (it creates a per-run role for each restore)."""
     with pg_admin.connect() as conn:
         if not conn.exec_driver_sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{RESTORE_ROLE}'").first():
-            conn.exec_driver_sql(f"CREATE ROLE {RESTORE_ROLE} LOGIN CREATEDB")
+            conn.exec_driver_sql(f"CREATE ROLE {RESTORE_ROLE} LOGIN CREATEDB CREATEROLE")
+        conn.exec_driver_sql(f"ALTER ROLE {RESTORE_ROLE} CREATEDB CREATEROLE INHERIT")
     yield RESTORE_URL
     with pg_admin.connect() as conn:
         for name in scratch_dbs(pg_admin):
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in run_roles(pg_admin):
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{name}"')
 
 
 def _sample(make_pg_database: Callable[[], str], sql: str) -> str:
