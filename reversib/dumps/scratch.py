@@ -279,8 +279,9 @@ def _judge(target: Target, rows: list[str]) -> PgServer:
                     [r[2:] for r in rows if r.startswith("U|")])
 
 
-# The target role takes back its membership of the per-run role first: on PostgreSQL 15 and older a
-# role may revoke its own membership from others (it administers itself), which would keep its database.
+# The target role takes back its membership of the per-run role first: on a server where a role still
+# administers itself (releases before 16; recent minor releases refuse it), the per-run role could
+# revoke that membership, which the drop of its database needs.
 _DROP = """SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') AS reversib_role \\gset
 \\if :reversib_role
 GRANT {ident} TO CURRENT_USER;

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from reversib.dumps.pgarchive import read_archive
 
-from .conftest import finding, kinds, need_tool, pg_dump, run_dumps, scratch_dbs
+from .conftest import finding, kinds, need_tool, pg_dump, run_dumps, run_roles, scratch_dbs
 
 pytestmark = pytest.mark.service
 
@@ -78,7 +78,7 @@ def test_good_dump_passes_both_levels(fmt: str, tmp_path: Path, sample_db: str, 
     restored = finding(doc, "restored")
     assert restored["path"] == name and "2 row counts, 23000 rows" in restored["actual"]
     assert run["restore_seconds"] > 0 and run["restore_bytes"] > 100_000
-    assert scratch_dbs(pg_admin) == []
+    assert scratch_dbs(pg_admin) == [] and run_roles(pg_admin) == []
 
 
 @pytest.mark.parametrize("fmt", ["custom", "tar", "plain", "plain.gz"])
@@ -126,7 +126,7 @@ def test_custom_dump_flipped_byte_in_data_passes_structure_then_fails_restore(
     assert got in (["restore_failed"], ["row_count_mismatch"]), doc["runs"][0]["findings"]
     if got == ["restore_failed"]:
         assert "pg_restore" in finding(doc, "restore_failed")["actual"]
-    assert scratch_dbs(pg_admin) == []
+    assert scratch_dbs(pg_admin) == [] and run_roles(pg_admin) == [], "the per-run role is gone after a failure"
 
 
 def test_dump_of_the_wrong_database(tmp_path: Path, other_db: str, dump_dir: Path) -> None:
@@ -234,13 +234,14 @@ def test_killed_restore_leaves_no_scratch_database_after_next_start(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert scratch_dbs(pg_admin) == left  # the kill left it behind
+    assert run_roles(pg_admin) == left, "and its per-run role"
     # Next start (any run restoring on this server) removes it; its own scratch database is dropped too.
     (tmp_path / "export" / "db.sql").write_bytes(b"CREATE TABLE quick (x int);\n")
     subprocess.run(["sh", "-c", "sha256sum db.sql > SHA256SUMS"], cwd=tmp_path / "export", check=True)
     proc2 = subprocess.run([str(exe), "verify-now", "db", "--config", str(cfg), "--history", f"sqlite:///{history}",
                             "--no-progress"], capture_output=True, text=True, timeout=120)
     assert proc2.returncode == 0, proc2.stdout + proc2.stderr
-    assert scratch_dbs(pg_admin) == []
+    assert scratch_dbs(pg_admin) == [] and run_roles(pg_admin) == []
     assert "removed the scratch database" in proc2.stderr
 
 
