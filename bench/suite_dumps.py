@@ -62,7 +62,8 @@ def prepare(work: Path, rows: int, log: Any = print) -> tuple[Path, int]:
     except RuntimeError as exc:
         raise Unavailable(f"PostgreSQL not reachable at {HOST}:{PORT}: {exc}") from None
     if not psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'"):
-        psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB")
+        psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB CREATEROLE")
+    psql(f"ALTER ROLE {ROLE} CREATEROLE")  # each restore runs as a per-run role it creates (docs/dumps.md)
     src = f"reversib_bench_src_{uuid.uuid4().hex[:8]}"
     psql(f"CREATE DATABASE {src}")
     export = work / "export"

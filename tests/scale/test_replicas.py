@@ -90,6 +90,24 @@ def test_three_daemons_one_killed(tmp_path: Path, pg_database: str) -> None:
                     sa.select(shards_t.c.run_id, shards_t.c.shard).where(shards_t.c.owner == owner,
                                                                         shards_t.c.state == "running"))}
             assert held, "the victim held no shard when killed"
+            with engine.connect() as conn:  # its leases: nobody may take its shards over before they pass
+                leases_until = {(r.run_id, r.shard): r.lease_until.timestamp() for r in conn.execute(
+                    sa.select(shards_t.c.run_id, shards_t.c.shard, shards_t.c.lease_until)
+                    .where(shards_t.c.owner == owner, shards_t.c.state == "running"))}
+            taken_at: dict[tuple[str, int], float] = {}
+
+            def taken_over() -> bool:
+                with engine.connect() as conn:
+                    for r in conn.execute(sa.select(shards_t.c.run_id, shards_t.c.shard, shards_t.c.owner)):
+                        key = (r.run_id, r.shard)
+                        if key in held and key not in taken_at and r.owner != owner:
+                            taken_at[key] = time.time()
+                return len(taken_at) == len(held)
+
+            poll("the survivors to take the victim's shards over", taken_over, timeout=6 * LEASE, every=0.1)
+            for key, at in taken_at.items():
+                assert at >= leases_until[key] - 0.05, (key, at, leases_until[key])  # not before the lease passed
+                assert at <= leases_until[key] + 3 * LEASE, (key, at, leases_until[key])  # and soon after
             survivors = [d for d in daemons if d is not victim]
             time.sleep(max(0.0, killed_at + RUN_FOR - time.time()))
             metrics = [d.get("/metrics")[1].decode() for d in survivors]
