@@ -10,11 +10,15 @@ Cases:
   checksums, verified by their stored checksums (`fixity.accept: [stored_checksum]`, no download):
   objects/s and client CPU per object.  Anchor: `rclone check --one-way` (sizes and MD5 from the
   listing against the local copy), when rclone is installed.
-* `replicas`: one export of 96 x 512 KiB (smoke: 24 x 64 KiB) in 12 shards of equal bytes, verified by
-  1, 2 and 3 `verify-now --shard i/12 --run-id ID` processes on one PostgreSQL history
-  (bench/replicas.py), each process capped at `source.rate_limit` 2 MB/s (the bandwidth cap a proxy
-  would impose): the speed-up shows coordination, not cores.  A process that finished a shard takes
-  the next pending one.  Anchor: 1 replica (targets: >= 1.8x with 2, >= 2.5x with 3).
+* `replicas`: one export of 96 x 512 KiB (smoke: 24 x 64 KiB) on the local moto endpoint, verified by 1, 2
+  and 3 `reversib run` daemons (replicas) on one fresh PostgreSQL history, one check `shards: 12` on an
+  `every: 1h` schedule whose slot falls 2 s after every daemon is ready (bench/replicas.py).  Each replica
+  reaches the endpoint through its own TCP proxy capping the bytes sent back to it at 2 MB/s
+  (bench/throttle_proxy.py; `AWS_ENDPOINT_URL_S3` per daemon), so the speed-up shows coordination, not
+  cores.  The figure is the run's `finished_at - scheduled_for` from the history (slot to merged run), not
+  the process wall time (daemon start-up, wait for the slot, shutdown: in the notes).  Every daemon must
+  see one run of that slot, passed, every file verified; the shards completed add up to 12, one merge,
+  and the proxies carried the export once.  Anchor: 1 replica (targets: >= 1.8x with 2, >= 2.5x with 3).
 
 Registered into bench/run.py by `install(harness_module)`.
 """
@@ -25,8 +29,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -47,8 +51,8 @@ def install(h: ModuleType) -> None:
                                    "anchor: find -type f"),
              h.Case("s3-stored", "20,000 x 4 KiB on moto verified by stored SHA-256 checksums (smoke: 100); "
                                  "anchor: rclone check (listing MD5s)"),
-             h.Case("replicas", "1, 2, 3 replicas sharing 12 shards, each capped at 2 MB/s; "
-                                "anchor: 1 replica")]
+             h.Case("replicas", "1, 2, 3 daemons sharing a scheduled run of 12 shards on moto, each through its "
+                                "own 2 MB/s proxy; slot -> finished; anchor: 1 replica")]
 
     @h.register("scale", "large manifests, S3 stored checksums and replicas on one PostgreSQL history "
                          "(docs/scale.md)", cases)
@@ -62,7 +66,7 @@ def install(h: ModuleType) -> None:
             elif case == "s3-stored":
                 _s3_stored(h, suite_s3, ctx, res)
             elif case == "replicas":
-                _replicas(h, ctx, res)
+                _replicas(h, suite_s3, ctx, res)
         return res
 
 
@@ -222,52 +226,59 @@ def _s3_stored(h: ModuleType, s3mod: ModuleType, ctx: Any, res: Any) -> None:
 # ------------------------------------------------------------------------------------------ replicas
 
 
-def _pg_database(h: ModuleType) -> tuple[str, Any]:
+def _pg_reachable(h: ModuleType) -> None:
     import sqlalchemy as sa
 
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"reversib_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN, connect_args={"connect_timeout": 5})
     try:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            conn.exec_driver_sql("SELECT 1")
     except sa.exc.OperationalError as exc:
         raise h.BenchError(f"scale/replicas needs PostgreSQL at 127.0.0.1:5432 (user postgres): {exc}") from None
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
         admin.dispose()
 
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
 
-
-def _replicas(h: ModuleType, ctx: Any, res: Any) -> None:
+def _replicas(h: ModuleType, s3mod: ModuleType, ctx: Any, res: Any) -> None:
     if ctx.tools.sha256sum is None:
         raise h.BenchError("sha256sum is needed by scale/replicas")
-    # 12 shards of equal bytes (the partition is balanced by size): 12, 6 and 4 shards for each of 1, 2, 3 replicas.
+    _pg_reachable(h)
+    # 12 shards of equal bytes (equal files, cut by count): 12, 6 and 4 shards for each of 1, 2, 3 replicas.
     spec = h.DatasetSpec("scale-replicas", 24 if ctx.smoke else 96, (64 * h.KiB) if ctx.smoke else 512 * h.KiB,
                          per_dir=1000)
-    rate = "2MB"  # transfer, not the per-shard overhead (listing, manifest, history: ~0.2 s), dominates
+    rate = 2_000_000  # bytes/s per replica: transfer, not the per-shard overhead (~0.2 s), dominates
     ds = h.build_dataset(spec, ctx.data_dir / "scale" / "replicas", ctx.tools.sha256sum)
-    res.datasets.append(f"scale/replicas: {spec.describe()}, 12 shards, source.rate_limit {rate} per replica")
-    cfg = _config(ctx.scratch / "cfg-replicas", {"id": "rep", "source": {"url": str(ds.plain), "rate_limit": rate},
-                                                 "manifest": {"path": "SHA256SUMS"}, "fixity": {"parallelism": 2}})
-    url, drop = _pg_database(h)
-    try:
-        def check(s: Any) -> str | None:
-            if s.returncode != 0:
-                return f"exit code {s.returncode}: {s.stderr[-400:]}"
-            if f"files {spec.files} bytes {spec.total_bytes} outcome passed" not in s.stdout:
-                return f"unexpected result {s.stdout.strip()!r}"
-            return None
+    url = f"s3://{s3mod.BUCKET}/{s3mod.PREFIX.rstrip('/')}"
 
-        tools = [h.Tool(f"replicas-{r}", lambda _, r=r: [ctx.tools.python, str(BENCH_DIR / "replicas.py"),
-                                                         ctx.tools.reversib, str(cfg), url, "rep", "--replicas", str(r),
-                                                         "--shards", "12"], check=check)
-                 for r in (1, 2, 3)]
-        samples = h.measure(ctx, tools)
-    finally:
-        drop()
+    def check(s: Any) -> str | None:
+        if s.returncode != 0:
+            return f"exit code {s.returncode}: {s.stderr[-600:]}"
+        if f"files {spec.files} bytes {spec.total_bytes} outcome passed" not in s.stdout:
+            return f"unexpected result {s.stdout.strip()!r}"
+        if _SLOT_TO_FINISHED.search(s.stdout) is None:
+            return f"no slot_to_finished_s in {s.stdout.strip()!r}"
+        return None
+
+    tools = [h.Tool(f"replicas-{r}", lambda d, r=r: [ctx.tools.python, str(BENCH_DIR / "replicas.py"),
+                                                     ctx.tools.reversib, "--pg-admin", PG_ADMIN, "--workdir", str(d),
+                                                     "--source", url, "--manifest", "SHA256SUMS",
+                                                     "--replicas", str(r), "--shards", "12", "--rate", str(rate),
+                                                     "--files", str(spec.files), "--bytes", str(spec.total_bytes)],
+                    check=check)
+             for r in (1, 2, 3)]
+    with s3mod._Endpoint(ctx.scratch) as ep:
+        s3mod._upload(ep.url, ds.plain)
+        res.datasets.append(f"scale/replicas: {spec.describe()} on moto, 12 shards, each replica through its own "
+                            f"TCP proxy capped at {rate / 1e6:g} MB/s")
+        env = {**{k: v for k, v in ctx.env.items() if not k.startswith(("AWS_", "RCLONE_"))}, **s3mod._aws_env(ep.url)}
+        samples = h.measure(dataclasses.replace(ctx, env=env), tools)
+    # The figure is the slot -> run finished time each replicas.py reports (daemon start-up, the wait for the
+    # slot and the shutdown are not the run); the tool's own wall time goes to the notes.
+    for name, got in list(samples.items()):
+        res.notes.append(f"scale/replicas {name}: process wall (start-up, slot wait, run, shutdown) "
+                         + ", ".join(f"{s.wall_s:.1f}" for s in got) + " s; "
+                         + "; ".join(_summary(s.stdout) for s in got))
+        samples[name] = [_slot_sample(s) for s in got]
     rows = h.make_rows("scale", "replicas", tools, samples, "replicas-1", "MB/s", spec.files, spec.total_bytes,
                        h._commands(tools))
     res.rows += rows
@@ -277,3 +288,19 @@ def _replicas(h: ModuleType, ctx: Any, res: Any) -> None:
         speedup = one.wall_s / row.wall_s
         _add_target(h, res, "replicas", f"replicas-{r}", f"{r} replicas: >= {goal}x one replica",
                     None if ctx.smoke else speedup >= goal, f"{speedup:.2f}x")
+
+
+_SLOT_TO_FINISHED = re.compile(r"slot_to_finished_s (\d+(?:\.\d+)?)")
+
+
+def _summary(stdout: str) -> str:
+    m = re.search(r"lag_s (\S+) shards (\S+) proxied_MB (\S+)", stdout)
+    return f"lag {m[1]} s, shards {m[2]}, proxied MB {m[3]}" if m else "?"
+
+
+def _slot_sample(s: Any) -> Any:
+    """The sample with the run's slot -> finished seconds as its wall time (others' CPU scaled to it)."""
+    m = _SLOT_TO_FINISHED.search(s.stdout)
+    assert m is not None  # check() made sure
+    wall = float(m[1])
+    return dataclasses.replace(s, wall_s=wall, others_cpu_s=s.others_cpu_s * wall / max(s.wall_s, 1e-9))
