@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -58,13 +57,9 @@ class Failed(Exception):
     pass
 
 
-def spread(check_id: str, every: float) -> float:
-    """The per-check offset of an `every` schedule (reversib.scheduler.spread, docs/daemon.md)."""
-    digest = int.from_bytes(hashlib.sha256(check_id.encode()).digest()[:8], "big")
-    return (digest % max(1, round(every * 1000))) / 1000
-
-
 def next_slot(check_id: str, every: float, t: float) -> float:
+    from reversib.scheduler import spread  # the daemons' own per-check offset (docs/daemon.md)
+
     off = spread(check_id, every)
     return (math.floor((t - off) / every) + 1) * every + off
 
