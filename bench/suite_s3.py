@@ -7,7 +7,10 @@ Cases (each a fresh endpoint process, data uploaded once per run):
   and `s3-loop` (bench/s3_loop.py: a plain sequential boto3 download + sha256 loop, the anchor); `floor`
   (bench/rawhash.py --import boto3,pydantic,sqlalchemy --threads 1: those imports, then SHA-256 of the local
   copy -- no network; SHA-256 of one stream does not split across cores): the least any tool on those
-  libraries that hashes the object itself takes.  rclone compares bytes and computes no SHA-256.
+  libraries that hashes the object itself takes; `floor-net` (bench/s3_floor.py: the same imports, then one
+  GetObject read by one thread and hashed by another -- the network floor of such a tool, with no
+  configuration, manifest or history) and `download-only` (the same without hashing).  rclone compares
+  bytes and computes no SHA-256.
 * `small`: 10,000 objects x 4 KiB (smoke: 60) behind 10 ms of added latency per request (as a real
   provider has; moto alone serves only ~250 small requests/s, whatever the concurrency); objects/s.
 
@@ -115,6 +118,12 @@ def _tools(h: ModuleType, ctx: Any, ds: Any, rclone: str | None) -> list[Any]:
                                                 "boto3,pydantic,sqlalchemy", "--root", str(ds.plain),
                                                 "--manifest", str(ds.sums), "--threads", "1"],
                             check=h._rawhash_check(spec.files, spec.total_bytes)))
+        digest, _, name = ds.sums.read_text(encoding="utf-8").splitlines()[0].partition("  ")
+        for tool, extra in (("floor-net", []), ("download-only", ["--no-hash"])):
+            tools.append(h.Tool(tool, lambda _, extra=extra: [
+                ctx.tools.python, str(BENCH_DIR / "s3_floor.py"), "--bucket", BUCKET, "--key", PREFIX + name,
+                "--digest", digest, "--import", "boto3,pydantic,sqlalchemy", *extra],
+                check=h._rawhash_check(spec.files, spec.total_bytes)))
     if rclone is not None:
         tools.append(h.Tool("rclone-check-download",
                             lambda _: [rclone, "check", "--download", "--one-way", "--exclude", "SHA256SUMS",
@@ -149,6 +158,18 @@ def _targets(h: ModuleType, rows: list[Any], notes: list[str]) -> list[Any]:
         add("small", "reversib", "small: client CPU per object <= 0.7x the loop's",
             mine.cpu_s <= 0.7 * loop.cpu_s, f"{mine.cpu_s:.2f} s vs {loop.cpu_s:.2f} s "
                                             f"({mine.cpu_s / max(loop.cpu_s, 1e-9):.2f}x)")
+    net, loop = large.get("floor-net"), large.get("s3-loop")
+    if net is not None and loop is not None:
+        notes.append(f"s3/large: floor-net (import boto3, pydantic, SQLAlchemy; one GetObject read by one thread "
+                     f"and hashed by another: no configuration, manifest or history) {net.wall_s:.2f} s vs "
+                     f"s3-loop {loop.wall_s:.2f} s" + (": the floor alone is slower than the loop"
+                                                       if net.wall_s > loop.wall_s else ""))
+    only, rcl = large.get("download-only"), large.get("rclone-check-download")
+    if only is not None and rcl is not None:
+        notes.append(f"s3/large: download-only (the same imports and GetObject, no hashing at all) {only.wall_s:.2f} s "
+                     f"vs rclone-check-download {rcl.wall_s:.2f} s"
+                     + (": no tool on these libraries gets the object from this endpoint as fast as rclone, even "
+                        "without hashing it" if only.wall_s > rcl.wall_s else ""))
     floor, rclone = large.get("floor"), large.get("rclone-check-download")
     if floor is not None and rclone is not None:
         notes.append(f"s3/large: floor (import boto3, pydantic, SQLAlchemy; SHA-256 of the same object from the "
