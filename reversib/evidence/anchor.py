@@ -232,6 +232,8 @@ def attach(history: Any, config: Any) -> bool:
             try:
                 if path is not None:
                     anchor_heads(path, heads, key, now, lambda head: still_linked(conn, head))
+            except AnchorRefused as exc:  # tampering seen: said plainly (no traceback), the run stays recorded
+                logging.getLogger("reversib.evidence").error("%s", exc)
             finally:  # one anchor failing (logged by the history) never skips the other
                 if s3 is not None and check_id in heads:
                     s3.write(heads[check_id], key, now)

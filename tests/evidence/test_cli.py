@@ -62,6 +62,12 @@ def test_audit_verify_against_the_heads_written_after_each_run(setup: tuple[Path
     assert f"acme: anchor: the signed head (link 4, run {newest['run_id']}) is gone" in out
     code, out, _ = cli(config, db, "audit", "verify", "--json")
     assert code == 0 and json.loads(out)["ok"] is True
+    for _ in range(2):  # later runs anchor again: said plainly, and the anchor does not follow the cut chain
+        code, _, err = cli(config, db, "verify-now", "acme", "--no-progress")
+        assert code == 0 and "Traceback" not in err
+        assert "not moving the signed heads past a changed chain" in err and "acme: the anchored head (link 4" in err
+    code, out, _ = cli(config, db, "audit", "verify", "--against", str(heads))
+    assert code == 1 and f"the signed head (link 4, run {newest['run_id']}) has another digest" in out
 
     heads.write_text(heads.read_text().replace('"seq": 4', '"seq": 3'))  # the anchor itself edited
     code, _, err = cli(config, db, "audit", "verify", "--against", str(heads))
