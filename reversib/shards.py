@@ -221,6 +221,9 @@ def run_sharded(check: CheckConfig, history: History, *, shard: tuple[int, int],
     if shard[1] > 1 and (check.coverage is not None or check.challenge is not None):
         raise ShardError(f"check {check.check_id}: coverage and challenge cannot be combined with --shard yet "
                          "(docs/scale.md)")
+    if shard[1] > 1 and check.archive is not None:  # one compressed, maybe encrypted stream: read whole or not
+        raise ShardError(f"check {check.check_id}: an archive is one stream, read whole by one process: it "
+                         "cannot be split into shards (docs/scale.md)")
     cancel = cancel or CancelToken()
     k, n = shard
     poll = poll if poll is not None else min(0.25, lease / 4)  # a waiting process sees the merge soon (one query)

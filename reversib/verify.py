@@ -253,10 +253,10 @@ class Verifier:
         algorithms = self._choice.get(key)
         if algorithms is None:
             algorithms = self._choice[key] = tuple(digests.choose(key, self.options.algorithms))
+        shard = self.options.sample
+        if shard is not None and getattr(shard, "exclusive", False) and m.path not in shard:
+            return ()  # another shard's entry (docs/scale.md): its record, size-only or hashed, is that shard's
         if not self.options.fixity or not algorithms:
-            shard = self.options.sample
-            if shard is not None and getattr(shard, "exclusive", False) and m.path not in shard:
-                return ()  # another shard's entry (docs/scale.md): its size-only record is that shard's
             self._collect(_Outcome(Verified(m, e.size, {}, Tier.SIZE_ONLY, self.clock()), None, 0))
             return ()
         if e.hashed and all(a in e.digests for a in algorithms):

@@ -223,20 +223,35 @@ def attach(history: Any, config: Any) -> bool:
 
         s3 = from_config(config.heads_s3)
 
+    public = key.public_key()
+
+    def checkpoint_ok(link: Mapping[str, Any]) -> bool:  # a chain starting at a checkpoint signed by our key
+        from reversib.evidence.prune import is_checkpoint, verify_checkpoint
+
+        return is_checkpoint(link) and verify_checkpoint(link, public) is None
+
+    def linked(head: Head) -> bool:
+        """Read under the heads file's lock on a connection of its own: a snapshot taken before the lock
+        (SQLite keeps one per read transaction) could miss a link another run anchored meanwhile."""
+        from reversib.evidence.chain import still_linked
+
+        with history.engine.connect() as conn:
+            return still_linked(conn, head, checkpoint_ok)
+
     def after_finish(check_id: str) -> None:
-        from reversib.evidence.chain import read_heads, still_linked
+        from reversib.evidence.chain import read_heads
 
         now = history._now()
         with history.engine.connect() as conn:
             heads = read_heads(conn) if path is not None else read_heads(conn, [check_id])
-            try:
-                if path is not None:
-                    anchor_heads(path, heads, key, now, lambda head: still_linked(conn, head))
-            except AnchorRefused as exc:  # tampering seen: said plainly (no traceback), the run stays recorded
-                logging.getLogger("reversib.evidence").error("%s", exc)
-            finally:  # one anchor failing (logged by the history) never skips the other
-                if s3 is not None and check_id in heads:
-                    s3.write(heads[check_id], key, now)
+        try:
+            if path is not None:
+                anchor_heads(path, heads, key, now, linked)
+        except AnchorRefused as exc:  # tampering seen: said plainly (no traceback), the run stays recorded
+            logging.getLogger("reversib.evidence").error("%s", exc)
+        finally:  # one anchor failing (logged by the history) never skips the other
+            if s3 is not None and check_id in heads:
+                s3.write(heads[check_id], key, now)
 
     history.after_finish.append(after_finish)
     return True

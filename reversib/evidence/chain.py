@@ -14,7 +14,7 @@ it must stay light: no cryptography, no alembic.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -177,14 +177,16 @@ def read_heads(conn: Connection, check_ids: Sequence[str] | None = None) -> dict
     return {r.check_id: Head(r.check_id, int(r.seq), r.run_id, r.record_digest) for r in conn.execute(stmt)}
 
 
-def still_linked(conn: Connection, head: Head) -> bool:
+def still_linked(conn: Connection, head: Head,
+                 checkpoint_ok: Callable[[Mapping[str, Any]], bool] | None = None) -> bool:
     """Whether the database's chain still holds `head` (an anchored head): its link `seq` has the same
-    record digest, or that link was pruned and a checkpoint now starts the chain after it (the audit
-    verifies the checkpoint's signature)."""
+    record digest, or that link was pruned and the chain now starts after it at a checkpoint that
+    `checkpoint_ok` accepts (a signed one: the caller holds the key; without it, never)."""
     found = conn.execute(sa.select(links_t.c.record_digest)
                          .where(links_t.c.check_id == head.check_id, links_t.c.seq == head.seq)).scalar()
     if found is not None:
         return bool(found == head.record_digest)
-    first = conn.execute(sa.select(sa.func.min(links_t.c.seq)).where(links_t.c.check_id == head.check_id)).scalar()
-    return first is not None and int(first) > head.seq
-
+    first = conn.execute(sa.select(links_t).where(links_t.c.check_id == head.check_id)
+                         .order_by(links_t.c.seq).limit(1)).mappings().first()
+    return (first is not None and int(first["seq"]) > head.seq and checkpoint_ok is not None
+            and checkpoint_ok(dict(first)))

@@ -298,3 +298,74 @@ def test_signed_document_with_one_byte_changed_fails(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     anchor.verify_file(path, key.public_key())
     assert json.loads(raw)["signature"]["algorithm"] == "ed25519"
+
+
+def _attach(ledger: Ledger, tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
+    """Anchoring as the daemon and the CLI set it up (`evidence.attach`): after every completed run."""
+    from types import SimpleNamespace
+
+    key, key_file = _key(tmp_path)
+    heads_file = tmp_path / "heads.json"
+    assert anchor.attach(ledger.history, SimpleNamespace(heads_path=str(heads_file), heads_s3=None,
+                                                         signing_key_file=str(key_file)))
+    return key, heads_file
+
+
+def test_a_chain_cut_without_a_signed_checkpoint_does_not_move_the_anchor(
+        ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ids = build(ledger, 3)
+    key, heads_file = _attach(ledger, tmp_path)
+    ledger.run(T0 + 4 * DAY)  # anchored: link 4
+    with ledger.history.engine.begin() as conn:  # every link gone, the head row moved on: "pruned", unsigned
+        conn.execute(links_t.delete())
+        conn.execute(runs_t.delete().where(runs_t.c.id.in_(ids)))
+        conn.execute(heads_t.update().values(seq=10))
+    ledger.run(T0 + 5 * DAY)
+    assert "not moving the signed heads past a changed chain" in caplog.text
+    assert anchor.load_heads(heads_file, key.public_key())["acme"].seq == 4
+
+
+def test_a_signed_prune_lets_the_anchor_move_on(ledger: Ledger, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import datetime as dt
+
+    from reversib.evidence.prune import prune
+
+    build(ledger, 4)
+    key, heads_file = _attach(ledger, tmp_path)
+    ledger.run(T0 + 5 * DAY)  # anchored: link 5
+    assert prune(ledger.history, key, dt.datetime.fromtimestamp(T0 + 5.5 * DAY, dt.timezone.utc))
+    later = ledger.run(T0 + 6 * DAY)
+    assert "not moving" not in caplog.text
+    heads = anchor.load_heads(heads_file, key.public_key())
+    assert heads["acme"].seq == 6 and heads["acme"].run_id == later.run_id
+    assert verify_chains(ledger.history, heads, key.public_key()).ok
+
+
+def test_another_check_anchored_meanwhile_is_no_false_alarm(ledger: Ledger, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Check B's run is linked and anchored between check A's reading of the heads and its anchoring: A
+    must read the chain afresh under the lock, not from a snapshot taken before it (SQLite)."""
+    from reversib.runner import run_check
+    from tests.evidence.conftest import make_check
+
+    _attach(ledger, tmp_path)
+    other = make_check(ledger.root, id="beta")
+    ledger.run(T0)
+    run_check(other, ledger.history, clock=ledger.clock)
+    real = anchor.anchor_heads
+    busy = {"inside": False}
+
+    def interleaved(*args: object, **kwargs: object) -> object:
+        if not busy["inside"]:
+            busy["inside"] = True
+            try:
+                run_check(other, ledger.history, clock=ledger.clock)  # beta links and anchors link 2 now
+            finally:
+                busy["inside"] = False
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anchor, "anchor_heads", interleaved)
+    ledger.run(T0 + DAY)
+    assert "not moving" not in caplog.text, caplog.text

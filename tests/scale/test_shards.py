@@ -431,3 +431,23 @@ def test_size_only_entries_are_counted_once_per_sharded_run(tmp_path: Path) -> N
     assert single.files_verified == single.manifest_entries == 6 and single.tiers == {"size_only": 6}
     assert merged.outcome.value == "passed"
     assert (merged.files_verified, merged.manifest_entries, merged.tiers) == (6, 6, {"size_only": 6})
+
+
+def test_an_archive_check_cannot_be_sharded(tmp_path: Path) -> None:
+    """An archive is one stream that every shard would decrypt and read whole (three shards reported 18
+    members verified out of 6): `--shard K/N` with N > 1 is refused, as `shards: N` is in a check file."""
+    from reversib.shards import ShardError, run_sharded
+    from tests.archives.conftest import archive_check, make_tar, make_tree
+
+    tree = make_tree(tmp_path, {f"m{i}.txt": f"member {i}\n".encode() for i in range(6)})
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    make_tar(tree, drop / "export.tar.zst")
+    check = archive_check(drop, {"path": "export.tar.zst"})
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        with pytest.raises(ShardError, match="cannot be split into shards"):
+            run_sharded(check, history, shard=(0, 3), run_id="a" * 32)
+        one = run_sharded(check, history, shard=(0, 1), run_id="b" * 32)
+    assert one.outcome.value == "passed" and (one.files_verified, one.tiers) == (6, {"downloaded": 6})
+    with pytest.raises(ValueError, match="cannot be combined with archive"):
+        archive_check(drop, {"path": "export.tar.zst"}, shards=3)
