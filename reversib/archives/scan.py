@@ -30,6 +30,7 @@ from reversib.sources.base import Entry, EntryType, Source
 RATIO_FLOOR = 64 << 20  # the expansion ratio is judged once this much has expanded
 CAPTURE_MAX = 64 << 20  # members kept in memory (manifest candidates): at most this much in all
 HEADER_MAX = 4 << 20  # the header blocks of one tar member (long name, PAX records, sparse map): at most this much
+GLOBAL_PAX_MAX = 64 << 10  # the global PAX records (`g` headers) of a whole tar: kept by tarfile until its end
 NAME_MAX = 64 << 10  # a member name or link target longer than this is refused (unsafe_path)
 SHOWN_MAX = 256  # characters of a refused member name kept in its finding
 
@@ -299,6 +300,11 @@ def scan_tar(stream: IO[bytes], reader: _Reader) -> ScanResult:
             ti = tar.next()
             forward.header_left = None
             tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header otherwise
+            if tar.pax_headers and sum(len(k) + len(v) for k, v in tar.pax_headers.items()) > GLOBAL_PAX_MAX:
+                # global PAX records pile up in tarfile for the rest of the archive, copied into every member
+                raise _Stop(Finding(FindingKind.ARCHIVE_LIMIT, None,
+                                    expected=f"global PAX records of at most {GLOBAL_PAX_MAX} bytes in all",
+                                    actual="more than that (a header bomb?)"))
             if ti is None:
                 r.complete = True
                 break

@@ -13,6 +13,7 @@ restores itself, with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -106,17 +107,26 @@ def _grant_name(name: str) -> str:
     return _ident(name.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%"))
 
 
+def native_hash(password: str) -> str:
+    """The mysql_native_password hash of `password` (`*` + SHA1(SHA1(password)) in upper-case hex)."""
+    return "*" + hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
+
+
 def _create_run_user(client: _Client, name: str, account: str, folder: Path, cancel: CancelToken,
-                     user: str) -> _Client:
-    """A user for this run only, granted its scratch database `name` only; a client logged in as it."""
+                     user: str, version: str = "") -> _Client:
+    """A user for this run only, granted its scratch database `name` only; a client logged in as it.  On
+    MariaDB the password is sent as its hash (MariaDB's general log, unlike MySQL 8's, shows a `CREATE USER
+    ... IDENTIFIED BY` in clear)."""
     password = secrets.token_urlsafe(32)
+    secret = (f"PASSWORD {_literal(native_hash(password))}" if "MariaDB" in version else _literal(password))
     try:
-        client.query(f"DROP USER IF EXISTS {account};\nCREATE USER {account} IDENTIFIED BY {_literal(password)} "
+        client.query(f"DROP USER IF EXISTS {account};\nCREATE USER {account} IDENTIFIED BY {secret} "
                      f"WITH MAX_USER_CONNECTIONS {MAX_USER_CONNECTIONS};\n"
                      f"GRANT ALL PRIVILEGES ON {_grant_name(name)}.* TO {account};\n")
     except MysqlError as exc:
+        said = str(exc).replace(password, "[password]").replace(native_hash(password), "[hash]")
         raise unverifiable(f"cannot create the restore user of this run on {client.target.describe()}: "
-                           f"{str(exc).replace(password, '[password]')}") from None
+                           f"{said}") from None
     return _Client(replace(client.target, user=user, password=password), folder, cancel, file="run.cnf")
 
 
@@ -163,7 +173,7 @@ def restore(source: Source, path: str, compression: str, dump: DumpConfig, targe
             raise unverifiable(f"cannot create the scratch database {name} on {target.describe()}: {exc}") from exc
         try:
             if isolate:
-                restorer = _create_run_user(client, name, account(run_id), folder, cancel, run_user(run_id))
+                restorer = _create_run_user(client, name, account(run_id), folder, cancel, run_user(run_id), version)
             else:
                 log.warning("restore user %r lacks CREATE USER (or GRANT OPTION on the scratch databases): the dump "
                             "is restored as that user, which reaches every scratch database on the server "

@@ -281,10 +281,17 @@ def _judge(target: Target, rows: list[str]) -> PgServer:
 
 # The target role takes back its membership of the per-run role first: on a server where a role still
 # administers itself (releases before 16; recent minor releases refuse it), the per-run role could
-# revoke that membership, which the drop of its database needs.
-_DROP = """SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') AS reversib_role \\gset
+# revoke that membership, which the drop of its database needs.  The role can no longer log in from
+# then on, and the database is no template any more: its owner (the dump) may have made it one, which
+# PostgreSQL refuses to drop.
+_DROP = """SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') AS reversib_role,
+  EXISTS (SELECT 1 FROM pg_database WHERE datname = '{name}') AS reversib_db \\gset
 \\if :reversib_role
 GRANT {ident} TO CURRENT_USER;
+ALTER ROLE {ident} NOLOGIN;
+\\endif
+\\if :reversib_db
+ALTER DATABASE {ident} IS_TEMPLATE false;
 \\endif
 DROP DATABASE IF EXISTS {ident} WITH (FORCE);
 \\if :reversib_role

@@ -581,6 +581,30 @@ def test_a_huge_tar_header_is_archive_limit_and_its_name_is_not_stored(tmp_path:
     assert (tmp_path / "history.db").stat().st_size < 1 << 20
 
 
+def test_global_pax_records_are_bounded_for_the_whole_archive(tmp_path: Path) -> None:
+    """Global PAX records (`g` headers) stay in tarfile until the end of the archive and are copied into
+    every member: many of them, each under the per-member header cap, are still archive_limit."""
+    import gzip
+
+    def global_header(i: int) -> bytes:
+        return tarfile.TarInfo(f"g{i}")._create_pax_generic_header(  # type: ignore[attr-defined]
+            {f"k{i}.{j}": "v" * 1000 for j in range(20)}, tarfile.XGLTYPE, "utf-8")
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for i in range(8):  # 8 x ~20 KB of distinct global keys: 160 KB piled up, each header small
+            t.fileobj.write(global_header(i))  # type: ignore[union-attr]
+            t.offset += len(global_header(i))  # type: ignore[attr-defined]
+            ti = tarfile.TarInfo(f"f{i}.txt")
+            t.addfile(ti, io.BytesIO(b""))
+    drop = _drop(tmp_path)
+    (drop / "g.tar.gz").write_bytes(gzip.compress(buf.getvalue()))
+    result = run(archive_check(drop, {"path": "g.tar.gz"}), tmp_path)
+    assert ("archive_limit", "g.tar.gz") in kinds(result)
+    [finding] = [f for f in result.findings if f.kind.value == "archive_limit"]
+    assert "global PAX records" in finding.expected
+
+
 def test_a_very_long_member_name_is_unsafe_path_and_cut_in_the_finding(tmp_path: Path) -> None:
     drop = _drop(tmp_path)
     _header_bomb(drop / "n.tar.gz", "gnu", 200_000)

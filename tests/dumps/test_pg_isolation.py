@@ -126,6 +126,22 @@ def test_a_dump_revoking_the_targets_membership_still_leaves_nothing(tmp_path: P
     assert left == []
 
 
+def test_a_dump_making_its_database_a_template_still_leaves_nothing(tmp_path: Path, restore_env: str,
+                                                                    pg_admin: sa.Engine) -> None:
+    """The dump's role owns its database: it marks it a template (which PostgreSQL refuses to drop), opens it
+    to PUBLIC and sets its own password.  The cleanup turns the template off and the role's login off
+    first: neither the database nor a role anyone could log in as is left."""
+    body = ("CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n"
+            "DO $$ BEGIN EXECUTE 'ALTER ' || 'DATABASE ' || quote_ident(current_database()) || ' IS_TEMPLATE true'; "
+            "EXECUTE 'GRANT CONNECT ON ' || 'DATABASE ' || quote_ident(current_database()) || ' TO PUBLIC'; "
+            "EXECUTE 'ALTER ' || 'ROLE ' || quote_ident(current_user) || ' PASSWORD ''known'''; END $$;\n")
+    code, doc = run_dumps(tmp_path, {"a.sql": (_HEADER + body + _FOOTER).encode()},
+                          [{"path": "a.sql", "row_counts": {"t": 1}, "restore": {"target_url_env": restore_env}}])
+    assert code in (0, 1) and "dump_unverifiable" not in kinds(doc), doc
+    name = scratch_name(doc["runs"][0]["run_id"])
+    assert name not in scratch_dbs(pg_admin) and name not in run_roles(pg_admin)
+
+
 def _hostile_custom(tmp: Path, sql: str) -> Path:
     """A real `pg_dump -Fc` archive whose COMMENT entry is replaced, byte for byte, by `sql` (pg_restore runs
     an entry's definition as it is: a custom archive is not scanned)."""
