@@ -97,16 +97,19 @@ _STRIP = {"on_time": "o", "missed": "m", "unmeasured": "u", "pending": "p"}
 
 def run_strip(points: Sequence[RunPoint], since: dt.datetime, until: dt.datetime, tz: ZoneInfo) -> str:
     """One letter per day of the period (check time zone), from that day's runs: `p` its last conclusive
-    run passed, `f` it failed, `e` only could-not-verify runs, `-` no run (reversib was down, or nothing
-    was due): reversib's own reliability and the gaps, day by day."""
+    run passed, `f` it failed, `e` could-not-verify runs only, `d` deferred runs only (the export was
+    still being delivered), `-` no run (reversib was down, or nothing was due): reversib's own
+    reliability and the gaps, day by day."""
     first, last = since.astimezone(tz).date(), until.astimezone(tz).date()
     days: dict[dt.date, str] = {}
     for p in sorted(points, key=lambda p: (p.started_at, p.run_id)):
         day = p.started_at.astimezone(tz).date()
         if p.outcome in ("passed", "failed"):
             days[day] = p.outcome[0]
-        elif p.outcome == "error" and day not in days:
+        elif p.outcome == "error" and days.get(day, "d") == "d":
             days[day] = "e"
+        elif p.outcome == "deferred" and day not in days:
+            days[day] = "d"
     return "".join(days.get(first + dt.timedelta(days=i), "-") for i in range((last - first).days + 1))
 
 
@@ -261,7 +264,7 @@ code{font-size:12px;word-break:break-all}svg{display:block;margin:4px 0}
 """
 
 COLORS = {"o": "#2e9e5b", "m": "#d64545", "u": "#b8bec8", "p": "#e8ebf0"}
-RUN_COLORS = {"p": "#2e9e5b", "f": "#d64545", "e": "#e0a030", "-": "#e8ebf0"}
+RUN_COLORS = {"p": "#2e9e5b", "f": "#d64545", "e": "#e0a030", "d": "#9cc3e6", "-": "#e8ebf0"}
 
 
 def _e(text: Any) -> str:
@@ -359,7 +362,8 @@ def render_html(doc: dict[str, Any]) -> str:
         out.append(_strip_svg(c["run_strip"], c["since"][:10], RUN_COLORS, "days"))
         out.append("<p class=\"legend\">" + "".join(
             f"<span><i class=\"sw\" style=\"background:{RUN_COLORS[k]}\"></i>{_e(n)}</span>"
-            for k, n in (("p", "passed"), ("f", "failed"), ("e", "could not verify"), ("-", "no run"))) + "</p>")
+            for k, n in (("p", "passed"), ("f", "failed"), ("e", "could not verify"),
+                         ("d", "deferred: still being delivered"), ("-", "no run"))) + "</p>")
         growth = c["growth"]
         times = [dt.datetime.fromisoformat(g["at"]).timestamp() for g in growth]
         out.append(f"<h3>Export growth ({len([g for g in growth if g['sudden_shrinkage']])} sudden shrinkages)</h3>")

@@ -203,3 +203,23 @@ def test_the_run_strip_shows_each_day(three_months: tuple[History, list[Outcome]
     assert (strip[5], strip[10], strip[20], strip[30], strip[41]) == ("p", "f", "-", "e", "e")
     assert strip[70:73] == "---" and strip[90:92] == "ff"
     assert strip.count("e") == 3 and strip.count("f") == 5
+
+
+def test_the_run_strip_letters() -> None:
+    """The last conclusive run of a day decides it; a could-not-verify run outranks a deferred one."""
+    from zoneinfo import ZoneInfo
+
+    from reversib.evidence.indicators import RunPoint
+    from reversib.evidence.report import run_strip
+
+    utc = dt.timezone.utc
+    day0 = dt.datetime(2026, 3, 1, tzinfo=utc)
+
+    def p(day: int, hour: int, outcome: str) -> RunPoint:
+        t = day0 + dt.timedelta(days=day, hours=hour)
+        return RunPoint(f"{day}-{hour}", outcome, t, t)
+
+    runs = [p(0, 7, "failed"), p(0, 12, "passed"), p(1, 7, "deferred"), p(2, 7, "deferred"), p(2, 9, "error"),
+            p(3, 7, "error"), p(3, 9, "deferred"), p(4, 7, "deferred"), p(4, 9, "failed")]
+    assert run_strip(runs, day0, day0 + dt.timedelta(days=5, hours=1), ZoneInfo("UTC")) == "pdeef-"
+
