@@ -376,7 +376,7 @@ class CheckConfig(Strict):
     @model_validator(mode="after")
     def _shards_alone(self) -> CheckConfig:
         if self.shards > 1:
-            given = [k for k in ("challenge", "archive") if getattr(self, k) is not None]
+            given = [k for k in ("coverage", "challenge", "archive") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"shards: {self.shards} cannot be combined with {', '.join(given)} (docs/scale.md); "
                                  "use shards: 1")

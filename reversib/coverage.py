@@ -171,13 +171,11 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
 
 
 def measure(p: Plan, verified: Iterable[Any], now: float, *, not_sampled_files: int = 0,
-            not_sampled_bytes: int = 0, owned: bytearray | None = None) -> dict[str, Any]:
+            not_sampled_bytes: int = 0) -> dict[str, Any]:
     """The run's coverage figures (stored with the run, shown by `--json`, the metrics and the report).
 
     `verified` are this run's verified entries (`verify.Verified`): those verified at a content tier
-    count as verified now.  `owned` (per manifest entry, 1 when it is this shard's): a shard's part of the
-    figures (`entries`, `bytes`, `covered_*`, `oldest_verified_at` over its entries only), which `combine`
-    adds up; the plan's figures are the whole run's."""
+    count as verified now."""
     last = p.last
     for v in verified:
         i = p.selected.get(v.path)
@@ -186,17 +184,13 @@ def measure(p: Plan, verified: Iterable[Any], now: float, *, not_sampled_files: 
     cutoff = now - p.period
     covered_files = covered_bytes = 0
     oldest = math.inf
-    entries = total = 0
     for i, t in enumerate(last):
-        if owned is not None and not owned[i]:
-            continue
-        entries += 1
-        total += p.sizes[i]
         if t >= cutoff:
             covered_files += 1
             covered_bytes += p.sizes[i]
         oldest = min(oldest, t)
-    return _figures({
+    total = sum(p.sizes)
+    return {
         "period_seconds": p.period,
         "budget_bytes": p.budget_bytes,
         "selected_files": len(p.selected),
@@ -205,36 +199,10 @@ def measure(p: Plan, verified: Iterable[Any], now: float, *, not_sampled_files: 
         "random_files": p.random_files,
         "not_sampled_files": not_sampled_files,
         "not_sampled_bytes": not_sampled_bytes,
-        "entries": entries,
+        "entries": len(last),
         "bytes": total,
         "covered_files": covered_files,
         "covered_bytes": covered_bytes,
-        "ratio": 0.0,  # _figures
+        "ratio": covered_bytes / total if total else (covered_files / len(last) if len(last) else 1.0),
         "oldest_verified_at": None if oldest == NEVER or oldest == math.inf else oldest,
-    })
-
-
-def _figures(d: dict[str, Any]) -> dict[str, Any]:
-    total, entries, covered = d["bytes"], d["entries"], d["covered_files"]
-    d["ratio"] = d["covered_bytes"] / total if total else (covered / entries if entries else 1.0)
-    return d
-
-
-PLAN_FIGURES = ("period_seconds", "budget_bytes", "selected_files", "selected_bytes", "changed_files",
-                "random_files")
-_ADDED = ("not_sampled_files", "not_sampled_bytes", "entries", "bytes", "covered_files", "covered_bytes")
-
-
-def combine(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The coverage figures of a sharded run from its shards' (`measure` with `owned`): what one unsharded
-    run of the same plan reports.  Every shard computed the same plan: its figures are taken once (the
-    caller checks that they agree)."""
-    out: dict[str, Any] = {k: parts[0][k] for k in PLAN_FIGURES}
-    for k in _ADDED:
-        out[k] = sum(int(p[k]) for p in parts)
-    # An entry never verified makes the oldest None (a shard without entries says None too: not counted).
-    out["ratio"] = 0.0
-    stamps = [p.get("oldest_verified_at") for p in parts if p["entries"]]
-    known = [float(t) for t in stamps if t is not None]
-    out["oldest_verified_at"] = min(known) if stamps and len(known) == len(stamps) else None
-    return _figures(out)
+    }

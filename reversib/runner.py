@@ -204,13 +204,8 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
         if plan is not None:
             from reversib.coverage import measure
 
-            # A shard measures its own entries of the run's plan; the merge adds the shards' figures up.
-            from reversib.shards import PlanShare
-
-            share = options.sample
-            owned = bytearray(share.owns(e.path) for e in manifest.entries) if isinstance(share, PlanShare) else None
             result.coverage = measure(plan, report.verified, clock(), not_sampled_files=report.not_sampled_files,
-                                      not_sampled_bytes=report.not_sampled_bytes, owned=owned)
+                                      not_sampled_bytes=report.not_sampled_bytes)
             report.verified = list(plan.records(report.verified))  # a download's state is kept (coverage clock)
         result.findings.extend(report.findings)
         for name in ("tiers", "bytes_verified", "files_verified", "files_listed", "bytes_listed", "newest_mtime"):
@@ -239,11 +234,9 @@ def _scale_options(check: CheckConfig, manifest: Manifest, options: VerifyOption
         plan = coverage_plan(manifest.entries, states, check.coverage, now, rng)
     sample: Any = plan
     if shard is not None:
-        from reversib.shards import Partition, PlanShare
+        from reversib.shards import Partition
 
         sample = Partition(*shard, manifest.entries)  # balanced by bytes, the same in every shard
-        if plan is not None:  # the run's plan (the same in every shard: one seed, one snapshot) within it
-            sample = PlanShare(sample, plan)
     return plan, dataclasses.replace(
         options, sample=sample, block_size=check.challenge.block_size if check.challenge is not None else None,
         max_connections=check.source.max_connections)

@@ -11,8 +11,7 @@ one hash chain link, one outcome.
 Work moves to where it can be done: a process that finished its own shard claims the shards still
 pending, and those whose lease has passed (their process died); it waits, renewing nothing, while
 others hold live leases, and returns the merged run once it is complete.  Each shard's entry states
-are written when the shard completes -- with rolling coverage, by the merge: every shard computes the
-run's plan from the same seed and the same snapshot of the entry states (docs/coverage.md).
+are written when the shard completes.
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from reversib.config import CheckConfig
-from reversib.coverage import PLAN_FIGURES, combine
-from reversib.history import EntryRecord, History, HistoryError, RunNotRunning, RunRow, SlotTaken
+from reversib.history import History, HistoryError, RunNotRunning, RunRow, SlotTaken
 from reversib.leases import DONE, MERGE, RUNNING, Leases
 from reversib.model import Finding, FindingKind, Outcome, RunResult, RunState, Severity, Trigger, decide_outcome
 from reversib.sources.base import CancelToken
@@ -46,7 +44,6 @@ ENV_INDEX = "JOB_COMPLETION_INDEX"  # set by Kubernetes in the pods of an Indexe
 DEFAULT_LEASE = 60.0
 _SHARD_RE = re.compile(r"^\s*(\d+)?\s*/\s*(\d+)\s*$")
 _SUMS = ("files_verified", "bytes_verified", "bytes_downloaded")
-_ENTRIES = "entries"  # the entry records of a shard of a run with rolling coverage, written by the merge
 _SAME = ("files_listed", "bytes_listed", "manifest_entries", "manifest_digest", "generation", "manifest",
          "coverage")
 
@@ -97,28 +94,8 @@ class Partition:
     def __contains__(self, path: object) -> bool:
         return path in self.paths
 
-    owns = __contains__  # the entries this shard records (verify.Verifier._plan): all of its own
-
     def __len__(self) -> int:
         return len(self.paths)
-
-
-class PlanShare:
-    """The sample of one shard of a run with rolling coverage (docs/scale.md): the run's coverage plan -- the
-    same in every shard, computed from the same seed and the same history snapshot -- within this shard's
-    partition.  Other shards' entries are skipped without any record (`owns`); this shard's entries outside
-    the plan are not sampled, as in an unsharded run."""
-
-    exclusive = True
-
-    def __init__(self, partition: Partition, plan: Any) -> None:
-        self.partition, self.plan = partition, plan
-
-    def owns(self, path: object) -> bool:
-        return path in self.partition
-
-    def __contains__(self, path: object) -> bool:
-        return path in self.partition and path in self.plan
 
 
 def _by_path(ordered: list[Any]) -> Iterator[tuple[str, int | None]]:
@@ -241,8 +218,8 @@ def run_sharded(check: CheckConfig, history: History, *, shard: tuple[int, int],
     A run already finished is refused (`RunFinished`: nothing would be verified), except for a late process
     of a run of several shards with the same N (an Indexed Job's pod started after the others finished its
     shard): its stored verdict is returned and `notice` told that it is a replay."""
-    if shard[1] > 1 and check.challenge is not None:
-        raise ShardError(f"check {check.check_id}: challenge reads cannot be combined with --shard yet "
+    if shard[1] > 1 and (check.coverage is not None or check.challenge is not None):
+        raise ShardError(f"check {check.check_id}: coverage and challenge cannot be combined with --shard yet "
                          "(docs/scale.md)")
     if shard[1] > 1 and check.archive is not None:  # one compressed, maybe encrypted stream: read whole or not
         raise ShardError(f"check {check.check_id}: an archive is one stream, read whole by one process: it "
@@ -404,13 +381,7 @@ def _do_shard(check: CheckConfig, history: History, leases: Leases, run_id: str,
     data = {"findings": [f.to_dict() for f in result.findings], "tiers": result.tiers, "error": result.error,
             "deferred": deferred, "newest_mtime": result.newest_mtime, "duration_seconds": clock() - started,
             **{name: getattr(result, name) for name in (*_SUMS, *_SAME)}}
-    records = entry_records(report)
-    if check.coverage is not None and n > 1:
-        # Rolling coverage: every shard plans from the same snapshot of the entry states, so none is written
-        # before the merge -- which writes them all (the records of this shard's part of the plan, kept here).
-        data[_ENTRIES] = [_record_out(r) for r in records]
-        records = iter(())
-    if not leases.complete(run_id, k, data, check.check_id, records):
+    if not leases.complete(run_id, k, data, check.check_id, entry_records(report)):
         log.warning("shard %s/%s of run %s was taken over while it ran: its result is discarded", k, n, run_id)
         note("lost")
     else:
@@ -437,12 +408,8 @@ def _merge(check: CheckConfig, history: History, leases: Leases, run_id: str, cl
         setattr(result, name, sum(values) if values else getattr(result, name))
     for name in _SAME:
         values = [p.get(name) for p in parts if p.get(name) is not None]
-        if values and name != "coverage":
+        if values:
             setattr(result, name, values[0])
-    plans = [p["coverage"] for p in parts if p.get("coverage")]
-    planned = {tuple(c.get(k) for k in PLAN_FIGURES) for c in plans}
-    if plans and len(plans) == len(parts):  # each shard measured its entries of the run's plan: their sum
-        result.coverage = combine(plans)
     stamps = [p["newest_mtime"] for p in parts if p.get("newest_mtime") is not None]
     result.newest_mtime = max(stamps) if stamps else None
     errors = sorted({p["error"] for p in parts if p.get("error")})
@@ -450,16 +417,13 @@ def _merge(check: CheckConfig, history: History, leases: Leases, run_id: str, cl
     if len(manifests) > 1:  # the partition is cut from the manifest: entries may be verified twice or never
         errors.append(f"the manifest changed while the run's shards ran ({len(manifests)} different manifests "
                       "read): the shards do not cover it exactly once")
-    elif len(planned) > 1:
-        errors.append("the shards computed different coverage plans: the run's sample is not the plan of one run")
     result.error = "; ".join(errors) if errors else None
     result.outcome = decide_outcome(result.findings, error=result.error,
                                     deferred=any(p.get("deferred") for p in parts))
     result.finished_at = clock()
     result.duration_seconds = max(0.0, result.finished_at - result.started_at)
-    records = (_record_in(r) for p in parts for r in p.get(_ENTRIES) or ())  # rolling coverage: kept till now
     try:
-        history.finish_run(result, records)
+        history.finish_run(result)
     except (RunNotRunning, sa.exc.IntegrityError) as exc:
         # Merged by another process meanwhile (it took our merge lease over, or we took over its lease after
         # it had finished): both finished the run at once, and the database kept one (uq_chain_links_run).
@@ -473,19 +437,6 @@ def _merge(check: CheckConfig, history: History, leases: Leases, run_id: str, cl
     log.info("sharded run merged", extra={"event": "run", "check": check.check_id, "run_id": run_id,
                                           "outcome": result.outcome.value, "shards": len(parts)})
     return result
-
-
-def _record_out(r: EntryRecord) -> list[Any]:
-    """An entry record as JSON: its path as the code points of its UTF-8 bytes (a name that is not UTF-8, kept
-    as surrogates, is no valid JSON text for PostgreSQL)."""
-    return [r.path.encode("utf-8", "surrogateescape").decode("latin-1"), r.size, dict(r.digests), r.tier,
-            r.verified_at, r.blocks]
-
-
-def _record_in(r: list[Any]) -> EntryRecord:
-    path, size, digests, tier, verified_at, blocks = r
-    return EntryRecord(path.encode("latin-1").decode("utf-8", "surrogateescape"), size, digests, tier,
-                       verified_at, blocks)
 
 
 def row_shards(leases: Leases, run_id: str) -> int:

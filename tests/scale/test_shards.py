@@ -175,10 +175,8 @@ def test_shards_and_lease_keys_are_validated(tmp_path: Path) -> None:
     for bad in (0, 1001, "x"):
         with pytest.raises(ValueError, match="shards"):
             CheckConfig.model_validate({**base, "shards": bad})
-    coverage = {"period": "7d", "budget_share": 0.2}
-    assert CheckConfig.model_validate({**base, "shards": 2, "coverage": coverage}).shards == 2
-    with pytest.raises(ValueError, match="cannot be combined with challenge"):
-        CheckConfig.model_validate({**base, "shards": 2, "challenge": {"block_size": "64KiB"}})
+    with pytest.raises(ValueError, match="cannot be combined with coverage"):
+        CheckConfig.model_validate({**base, "shards": 2, "coverage": {"period": "7d", "budget_share": 0.2}})
     assert RunDaemonConfig.model_validate({"lease": "90s"}).lease == 90.0
     with pytest.raises(ValueError, match="lease"):
         RunDaemonConfig.model_validate({"lease": "0s"})
