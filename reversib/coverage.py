@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,9 +87,12 @@ def _changed(m: ManifestEntry, s: EntryState) -> bool:
 
 
 def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config: CoverageConfig, now: float,
-         rng: random.Random | None = None) -> Plan:
+         rng: random.Random | None = None,
+         listed_sizes: Callable[[set[str]], Mapping[str, int]] | None = None) -> Plan:
     """Choose the entries to verify in this run.  `entries` in any order (a manifest's: by path), `states` in
-    the history's path order (History.entry_states, by stored path)."""
+    the history's path order (History.entry_states, by stored path).  When neither the manifest nor the
+    history knows the size of most entries (a first run over a `SHA256SUMS`), `listed_sizes` is asked for
+    them (the export's listing): the budget is a cap in bytes, never a guess."""
     rng = rng or random.SystemRandom()
     n = len(entries)
     last = array("d", [NEVER]) * n
@@ -120,6 +123,14 @@ def plan(entries: Sequence[ManifestEntry], states: Iterable[EntryState], config:
         if size is not None:
             sizes[i] = size
     del keys, by_key
+    unknown = [i for i in range(n) if sizes[i] < 0]
+    if listed_sizes is not None and 2 * len(unknown) > n:
+        listed = listed_sizes({entries[i].path for i in unknown})
+        for i in unknown:
+            size = listed.get(entries[i].path)
+            if size is not None:
+                sizes[i] = size
+    del unknown
     known = [s for s in sizes if s >= 0]
     mean = round(sum(known) / len(known)) if known else 1
     for i in range(n):

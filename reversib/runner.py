@@ -193,7 +193,7 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
         plan = None
         if check.coverage is not None or check.challenge is not None or check.source.max_connections or shard:
             rng = rng or random.SystemRandom()
-            plan, options = _scale_options(check, manifest, options, history, now, rng, shard)
+            plan, options = _scale_options(check, export, manifest, options, history, now, rng, shard)
         report = verify(export, manifest, options, clock=clock,
                         progress=progress.advance if progress is not None else None)
         if check.challenge is not None and history is not None:  # docs/coverage.md
@@ -222,8 +222,9 @@ def _execute(check: CheckConfig, result: RunResult, clock: Callable[[], float], 
         root.close()
 
 
-def _scale_options(check: CheckConfig, manifest: Manifest, options: VerifyOptions, history: History | None,
-                   now: float, rng: random.Random, shard: tuple[int, int] | None) -> tuple[Any, VerifyOptions]:
+def _scale_options(check: CheckConfig, export: Source, manifest: Manifest, options: VerifyOptions,
+                   history: History | None, now: float, rng: random.Random,
+                   shard: tuple[int, int] | None) -> tuple[Any, VerifyOptions]:
     """Rolling coverage, challenge recording, the connection cap of a check (docs/coverage.md), and the
     partition of one shard (docs/scale.md)."""
     plan = None
@@ -231,7 +232,11 @@ def _scale_options(check: CheckConfig, manifest: Manifest, options: VerifyOption
         from reversib.coverage import plan as coverage_plan
 
         states = history.entry_states(check.check_id) if history is not None else iter(())
-        plan = coverage_plan(manifest.entries, states, check.coverage, now, rng)
+
+        def listed_sizes(wanted: set[str]) -> dict[str, int]:  # one listing, when most sizes are unknown
+            return {e.path: e.size for e in export.iter_entries() if e.size is not None and e.path in wanted}
+
+        plan = coverage_plan(manifest.entries, states, check.coverage, now, rng, listed_sizes)
     sample: Any = plan
     if shard is not None:
         from reversib.shards import Partition

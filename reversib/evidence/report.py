@@ -235,10 +235,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
                              f"{_dur(i['duration_seconds'])} | {i['failed_runs']} | {esc(kinds)} |")
         else:
             lines.append("No incident in the period.")
-        for w in c["unmeasured_windows"]:
-            lines.append(f"- unmeasured {w['day']}: {w['reason']}")
-        for t, f, b in ((g["at"], g["files"], g["bytes"]) for g in c["growth"] if g["sudden_shrinkage"]):
-            lines.append(f"- sudden shrinkage at {t}: {f} files, {_size(b)}")
+        notes = [f"- unmeasured {w['day']}: {w['reason']}" for w in c["unmeasured_windows"]]
+        notes += [f"- sudden shrinkage at {t}: {f} files, {_size(b)}"
+                  for t, f, b in ((g["at"], g["files"], g["bytes"]) for g in c["growth"] if g["sudden_shrinkage"])]
+        if notes:  # a list right after a table would be read as part of it
+            lines += ["", *notes]
         head = c["chain_head"]
         lines += ["", coverage_text(c)]
         lines += ["", restore_text(c)]

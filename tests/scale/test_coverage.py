@@ -233,3 +233,26 @@ def test_a_name_that_is_not_utf8_keeps_its_last_download() -> None:
              random.Random(0))
     assert list(p.last) == [T0, T0 + 1, float("-inf")]
     assert list(p.selected) == ["b"]  # the never-downloaded one, not the odd name
+
+
+def test_the_budget_is_real_bytes_from_the_first_run_over_a_sha256sums(tmp_path: Path) -> None:
+    """A SHA256SUMS gives no sizes and a first run knows none from the history: the export is listed once
+    more for them, so 30 files of 100 kB with a 200 kB budget download two files, not all thirty."""
+    from tests.helpers import make_export, run_tool
+
+    root = tmp_path / "export"
+    make_export(root, {f"f{i:02d}.bin": bytes([i]) * 100_000 for i in range(30)})
+    run_tool(["sha256sum"], root, "SHA256SUMS")
+    check = check_config(root, manifest={"path": "SHA256SUMS"}, coverage={"period": "7d", "budget_bytes": 200_000})
+    share = check_config(root, id="share", manifest={"path": "SHA256SUMS"},
+                         coverage={"period": "7d", "budget_share": 0.2})
+    with History.open(f"sqlite:///{tmp_path / 'h.db'}") as history:
+        first = run_check(check, history, rng=random.Random(3))
+        by_share = run_check(share, history, rng=random.Random(3))
+    assert first.outcome is Outcome.PASSED and first.tiers == {"downloaded": 2}
+    cov = first.coverage
+    assert cov is not None and (cov["budget_bytes"], cov["bytes"], cov["selected_bytes"]) == (200_000, 3_000_000,
+                                                                                              200_000)
+    assert first.bytes_downloaded is not None and first.bytes_downloaded < 300_000
+    assert by_share.coverage is not None and by_share.coverage["budget_bytes"] == 600_000
+    assert by_share.tiers == {"downloaded": 6}
