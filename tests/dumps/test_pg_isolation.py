@@ -93,16 +93,21 @@ def test_a_run_role_cannot_connect_to_another_runs_database(victim: tuple[str, P
     assert _precious(name) == "42"
 
 
+def _restore_plain(tmp_path: Path, body: str, restore_env: str) -> tuple[int, dict[str, Any]]:
+    """A plain dump of table `t` (one row) followed by `body`, verified with a restore: (exit code, --json)."""
+    sql = "CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n" + body
+    return run_dumps(tmp_path, {"a.sql": (_HEADER + sql + _FOOTER).encode()},
+                     [{"path": "a.sql", "row_counts": {"t": 1}, "restore": {"target_url_env": restore_env}}])
+
+
 def test_hostile_plain_dump_cannot_alter_another_runs_database(tmp_path: Path, victim: tuple[str, PgServer],
                                                                restore_env: str, pg_admin: sa.Engine) -> None:
     """A DO block with dynamic SQL renaming every other scratch database: the run's role owns none of them."""
     name, _ = victim
-    body = ("CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n"
-            "DO $$ DECLARE d text; BEGIN FOR d IN SELECT datname FROM pg_database WHERE datname LIKE "
+    body = ("DO $$ DECLARE d text; BEGIN FOR d IN SELECT datname FROM pg_database WHERE datname LIKE "
             "'reversib_restore_%' AND datname <> current_database() LOOP EXECUTE 'ALTER ' || 'DATABASE ' || "
             "quote_ident(d) || ' RENAME TO ' || quote_ident('pwned_' || md5(d)); END LOOP; END $$;\n")
-    code, doc = run_dumps(tmp_path, {"a.sql": (_HEADER + body + _FOOTER).encode()},
-                          [{"path": "a.sql", "row_counts": {"t": 1}, "restore": {"target_url_env": restore_env}}])
+    code, doc = _restore_plain(tmp_path, body, restore_env)
     assert (code, kinds(doc)) == (1, ["restore_failed"]), doc
     assert "must be owner of database" in finding(doc, "restore_failed")["actual"]
     assert _precious(name) == "42" and databases(pg_admin, "pwned\\_%") == []
@@ -114,10 +119,8 @@ def test_a_dump_revoking_the_targets_membership_still_leaves_nothing(tmp_path: P
     """The dump revokes the restore role's membership of the per-run role (which the drop of its database
     needs): refused by this server ("must have admin option"); where a role still administers itself, the
     cleanup takes the membership back first.  Either way nothing is left."""
-    body = ("CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n"
-            f"DO $$ BEGIN EXECUTE 'REVOKE ' || quote_ident(current_user) || ' FROM {RESTORE_ROLE}'; END $$;\n")
-    code, doc = run_dumps(tmp_path, {"a.sql": (_HEADER + body + _FOOTER).encode()},
-                          [{"path": "a.sql", "row_counts": {"t": 1}, "restore": {"target_url_env": restore_env}}])
+    body = (f"DO $$ BEGIN EXECUTE 'REVOKE ' || quote_ident(current_user) || ' FROM {RESTORE_ROLE}'; END $$;\n")
+    code, doc = _restore_plain(tmp_path, body, restore_env)
     assert code in (0, 1) and "dump_unverifiable" not in kinds(doc), doc
     with pg_admin.connect() as conn:
         left = conn.exec_driver_sql("SELECT rolname FROM pg_roles WHERE rolname = %(n)s UNION ALL SELECT datname "
@@ -131,12 +134,10 @@ def test_a_dump_making_its_database_a_template_still_leaves_nothing(tmp_path: Pa
     """The dump's role owns its database: it marks it a template (which PostgreSQL refuses to drop), opens it
     to PUBLIC and sets its own password.  The cleanup turns the template off and the role's login off
     first: neither the database nor a role anyone could log in as is left."""
-    body = ("CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n"
-            "DO $$ BEGIN EXECUTE 'ALTER ' || 'DATABASE ' || quote_ident(current_database()) || ' IS_TEMPLATE true'; "
+    body = ("DO $$ BEGIN EXECUTE 'ALTER ' || 'DATABASE ' || quote_ident(current_database()) || ' IS_TEMPLATE true'; "
             "EXECUTE 'GRANT CONNECT ON ' || 'DATABASE ' || quote_ident(current_database()) || ' TO PUBLIC'; "
             "EXECUTE 'ALTER ' || 'ROLE ' || quote_ident(current_user) || ' PASSWORD ''known'''; END $$;\n")
-    code, doc = run_dumps(tmp_path, {"a.sql": (_HEADER + body + _FOOTER).encode()},
-                          [{"path": "a.sql", "row_counts": {"t": 1}, "restore": {"target_url_env": restore_env}}])
+    code, doc = _restore_plain(tmp_path, body, restore_env)
     assert code in (0, 1) and "dump_unverifiable" not in kinds(doc), doc
     name = scratch_name(doc["runs"][0]["run_id"])
     assert name not in scratch_dbs(pg_admin) and name not in run_roles(pg_admin)
